@@ -344,8 +344,65 @@ PROBE_REJECTED = _define(
     "probe_rejected_total",
     C,
     "reports",
-    "Probe messages dropped, by reason (malformed, oversized, rate_limited, unattributed).",
+    "Probe messages dropped, by reason (malformed, oversized, unsupported_version, "
+    "rate_limited, too_many_connections, unattributed, implausible, too_many_series).",
     ("node", "reason"),
+)
+COLLECTIVE_BUS_BYTES = _define(
+    "collective_bus_bytes_total",
+    C,
+    "bytes",
+    "Bytes x nccl-tests bus factor, per call: rate(this) / rate(seconds_total) is busbw.",
+    COLLECTIVE,
+)
+PROBE_DROPPED_REPORTS = _define(
+    "probe_dropped_reports_total",
+    C,
+    "reports",
+    "Reports the pod's probes could not deliver (exporter missing or slow), as they count them.",
+    POD + ("node",),
+)
+PROBE_CONNECTIONS = _define(
+    "probe_connections", G, "connections", "Probe connections open now.", NODE
+)
+
+# ---------------------------------------------------------------- NCCL Inspector (re-labelled)
+# Inspector's own labels kept: operation (AllReduce -> all_reduce), communicator, its size.
+NCCL_INSPECTOR = POD + ("node", "uuid", "operation", "comm", "nranks", "n_nodes", "message_size")
+NCCL_INSPECTOR_BUSBW = _define(
+    "nccl_inspector_bus_bandwidth_bytes_per_second",
+    G,
+    "bytes/second",
+    "NCCL Inspector's bus bandwidth in its last dump (mean over the dump's operations).",
+    NCCL_INSPECTOR,
+)
+NCCL_INSPECTOR_ALGBW = _define(
+    "nccl_inspector_algorithm_bandwidth_bytes_per_second",
+    G,
+    "bytes/second",
+    "NCCL Inspector's algorithm bandwidth in its last dump (where the Inspector writes it).",
+    NCCL_INSPECTOR,
+)
+NCCL_INSPECTOR_EXEC_TIME = _define(
+    "nccl_inspector_exec_time_seconds",
+    G,
+    "seconds",
+    "NCCL Inspector's execution time of one operation in its last dump (mean).",
+    NCCL_INSPECTOR,
+)
+NCCL_INSPECTOR_OPERATIONS = _define(
+    "nccl_inspector_operations",
+    G,
+    "operations",
+    "Operations NCCL Inspector aggregated in its last dump (where the Inspector writes it).",
+    NCCL_INSPECTOR,
+)
+NCCL_INSPECTOR_FILE_AGE = _define(
+    "nccl_inspector_file_age_seconds",
+    G,
+    "seconds",
+    "Age of the Inspector's file of this GPU; files older than the reader's limit are ignored.",
+    ("node", "uuid"),
 )
 
 # ---------------------------------------------------------------- links (per GPU and NIC)
@@ -360,8 +417,24 @@ POD_IB_BYTES = _define(
     "pod_infiniband_bytes_total",
     C,
     "bytes",
-    "InfiniBand/RoCE port bytes of NICs this pod holds, by direction.",
+    "InfiniBand/RoCE port bytes of NICs this pod holds, by direction; a NIC shared by n "
+    "pods gives each 1/n of its bytes.",
     POD + ("node", "device", "port", "direction"),
+)
+POD_NVLINK_BYTES = _define(
+    "pod_nvlink_bytes_total",
+    C,
+    "bytes",
+    "NVLink bytes of GPUs this pod holds, by direction; a GPU shared by n pods (time-sliced, "
+    "MIG) gives each 1/n of its bytes.",
+    POD + ("node", "gpu", "uuid", "direction"),
+)
+POD_PCIE_BYTES = _define(
+    "pod_pcie_bytes_total",
+    C,
+    "bytes",
+    "PCIe bytes of GPUs this pod holds, by direction; shared GPUs split as for NVLink.",
+    POD + ("node", "gpu", "uuid", "direction"),
 )
 
 # ---------------------------------------------------------------- the exporter itself
@@ -466,6 +539,44 @@ LOADGEN_PHASE = _define(
     "loadgen_phase_active", G, "", "1 for the phase running now.", LOADGEN + ("kind",)
 )
 LOADGEN_LOSS = _define("loadgen_loss", G, "", "Training loss of the last step.", LOADGEN)
+LOADGEN_BUSY_SECONDS = _define(
+    "loadgen_device_busy_seconds_total",
+    C,
+    "seconds",
+    "The job's own measure of device busy time (CUDA events on GPUs, compute time on the CPU).",
+    LOADGEN,
+)
+LOADGEN_STALL_SECONDS = _define(
+    "loadgen_input_stall_seconds_total", C, "seconds", "Time steps waited for data.", LOADGEN
+)
+LOADGEN_COLLECTIVE_BYTES = _define(
+    "loadgen_collective_bytes_total",
+    C,
+    "bytes",
+    "Bytes this rank all-reduced (message size as nccl-tests counts it), timed by the job.",
+    LOADGEN,
+)
+LOADGEN_COLLECTIVE_SECONDS = _define(
+    "loadgen_collective_seconds_total",
+    C,
+    "seconds",
+    "Time this rank spent in all_reduce calls, including waiting for peers.",
+    LOADGEN,
+)
+LOADGEN_BUSBW = _define(
+    "loadgen_collective_bus_bandwidth_bytes_per_second",
+    G,
+    "bytes/second",
+    "Bus bandwidth (algbw x 2(n-1)/n) of the last all_reduce, as the job measured it.",
+    LOADGEN,
+)
+LOADGEN_PEAK_FLOPS = _define(
+    "loadgen_peak_flops",
+    G,
+    "flop/second",
+    "Peak the MFU is computed against: datasheet dense bf16 on GPUs, measured matmul on the CPU.",
+    ("job", "rank"),
+)
 
 
 def spec(name: str) -> MetricSpec:

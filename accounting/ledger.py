@@ -1,0 +1,488 @@
+"""The ledger: hourly GPU usage and the Kubernetes metadata it is charged by.
+
+SQLAlchemy Core on an SQLite file by default (`$GPULEDGER_LEDGER`, else
+./gpuledger-ledger.sqlite) or PostgreSQL (`postgresql+psycopg2://...`).
+
+Tables (docs/cost-model.md, section 1):
+- `usage`: per hour and (namespace, pod, node, GPU model, sharing): held and busy
+  milliseconds, memory byte-seconds, energy millijoules. Integers, so sums are exact.
+- `capacity`: per hour and (node, GPU model): GPUs, capacity and busy milliseconds,
+  GPU energy millijoules.
+- `ingested_hours`: one row per finished hour, written in the same transaction as the
+  hour's rows: an hour is in the ledger completely or not at all.
+- `pods`, `namespaces`, `nodes`: the last known metadata, kept after the objects are
+  gone so that later reports stay complete.
+
+Query functions return pandas DataFrames; reports and the HTTP API read only these.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+SCHEMA_VERSION = "1"
+DEFAULT_LEDGER_FILE = "gpuledger-ledger.sqlite"
+HOUR = 3600
+
+metadata = sa.MetaData()
+
+_name = sa.String(253)  # Kubernetes names (DNS subdomain length)
+
+usage = sa.Table(
+    "usage",
+    metadata,
+    sa.Column("hour", sa.BigInteger, primary_key=True),
+    sa.Column("namespace", _name, primary_key=True),
+    sa.Column("pod", _name, primary_key=True),
+    sa.Column("node", _name, primary_key=True),
+    sa.Column("model", sa.String(128), primary_key=True),
+    sa.Column("sharing", sa.String(32), primary_key=True),
+    sa.Column("held_ms", sa.BigInteger, nullable=False),
+    sa.Column("busy_ms", sa.BigInteger, nullable=False),
+    sa.Column("memory_byte_seconds", sa.Float, nullable=False),
+    sa.Column("energy_mj", sa.BigInteger, nullable=False),
+)
+
+capacity = sa.Table(
+    "capacity",
+    metadata,
+    sa.Column("hour", sa.BigInteger, primary_key=True),
+    sa.Column("node", _name, primary_key=True),
+    sa.Column("model", sa.String(128), primary_key=True),
+    sa.Column("gpus", sa.Integer, nullable=False),
+    sa.Column("capacity_ms", sa.BigInteger, nullable=False),
+    sa.Column("busy_ms", sa.BigInteger, nullable=False),
+    sa.Column("energy_mj", sa.BigInteger, nullable=False),
+)
+
+ingested_hours = sa.Table(
+    "ingested_hours",
+    metadata,
+    sa.Column("hour", sa.BigInteger, primary_key=True),
+    sa.Column("ingested_at", sa.BigInteger, nullable=False),
+    sa.Column("source", sa.String(1024), nullable=False),
+    sa.Column("usage_rows", sa.Integer, nullable=False),
+    sa.Column("gpus", sa.Integer, nullable=False),
+)
+
+pods = sa.Table(
+    "pods",
+    metadata,
+    sa.Column("namespace", _name, primary_key=True),
+    sa.Column("pod", _name, primary_key=True),
+    sa.Column("uid", sa.String(64), nullable=False, default=""),
+    sa.Column("node", _name, nullable=False, default=""),
+    sa.Column("owner_kind", sa.String(128), nullable=False, default=""),
+    sa.Column("owner_name", _name, nullable=False, default=""),
+    sa.Column("job_kind", sa.String(128), nullable=False, default=""),
+    sa.Column("job_name", _name, nullable=False, default=""),
+    sa.Column("chain", sa.Text, nullable=False, default="[]"),  # JSON ["Kind/name", ...]
+    sa.Column("queue", _name, nullable=False, default=""),
+    sa.Column("cluster_queue", _name, nullable=False, default=""),
+    sa.Column("cohort", _name, nullable=False, default=""),
+    sa.Column("labels", sa.Text, nullable=False, default="{}"),  # JSON
+    sa.Column("job_labels", sa.Text, nullable=False, default="{}"),  # JSON
+    sa.Column("gpu_request", sa.Float, nullable=True),
+    sa.Column("resolved_by", sa.String(32), nullable=False, default="none"),
+    sa.Column("first_seen", sa.BigInteger, nullable=False),
+    sa.Column("last_seen", sa.BigInteger, nullable=False),
+    sa.Column("observed_at", sa.BigInteger, nullable=False),
+)
+
+namespaces = sa.Table(
+    "namespaces",
+    metadata,
+    sa.Column("namespace", _name, primary_key=True),
+    sa.Column("labels", sa.Text, nullable=False),
+    sa.Column("observed_at", sa.BigInteger, nullable=False),
+)
+
+nodes = sa.Table(
+    "nodes",
+    metadata,
+    sa.Column("node", _name, primary_key=True),
+    sa.Column("labels", sa.Text, nullable=False),
+    sa.Column("observed_at", sa.BigInteger, nullable=False),
+)
+
+meta = sa.Table(
+    "ledger_meta",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+USAGE_KEY = ("hour", "namespace", "pod", "node", "model", "sharing")
+CAPACITY_KEY = ("hour", "node", "model")
+
+# How much a resolution of the owner chain is worth: the API sees further than
+# kube-state-metrics, which sees further than nothing.
+RESOLUTION_RANK = {"none": 0, "kube-state-metrics": 1, "kube-api": 2}
+_OWNER_FIELDS = (
+    "owner_kind",
+    "owner_name",
+    "job_kind",
+    "job_name",
+    "chain",
+    "queue",
+    "cluster_queue",
+    "cohort",
+    "job_labels",
+    "resolved_by",
+)
+_OBSERVED_FIELDS = ("uid", "node", "labels", "gpu_request")
+_EMPTY = ("", "{}", None)
+
+
+class LedgerError(RuntimeError):
+    """The ledger cannot be opened or is of another schema version."""
+
+
+def default_ledger_url() -> str:
+    return os.environ.get("GPULEDGER_LEDGER") or DEFAULT_LEDGER_FILE
+
+
+def normalise_url(url_or_path: str) -> str:
+    """A plain path means an SQLite file."""
+    if "://" in url_or_path:
+        return url_or_path
+    return f"sqlite:///{os.path.abspath(url_or_path)}"
+
+
+@dataclass(frozen=True)
+class PodMetadata:
+    """What the ledger keeps about one pod (see `pods`); labels are plain dicts."""
+
+    namespace: str
+    pod: str
+    first_seen: int
+    last_seen: int
+    observed_at: int
+    uid: str = ""
+    node: str = ""
+    owner_kind: str = ""
+    owner_name: str = ""
+    job_kind: str = ""
+    job_name: str = ""
+    chain: tuple[str, ...] = ()
+    queue: str = ""
+    cluster_queue: str = ""
+    cohort: str = ""
+    labels: Mapping[str, str] | None = None
+    job_labels: Mapping[str, str] | None = None
+    gpu_request: float | None = None
+    resolved_by: str = "none"
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "namespace": self.namespace,
+            "pod": self.pod,
+            "uid": self.uid,
+            "node": self.node,
+            "owner_kind": self.owner_kind,
+            "owner_name": self.owner_name,
+            "job_kind": self.job_kind,
+            "job_name": self.job_name,
+            "chain": json.dumps(list(self.chain)),
+            "queue": self.queue,
+            "cluster_queue": self.cluster_queue,
+            "cohort": self.cohort,
+            "labels": json.dumps(dict(self.labels or {}), sort_keys=True),
+            "job_labels": json.dumps(dict(self.job_labels or {}), sort_keys=True),
+            "gpu_request": self.gpu_request,
+            "resolved_by": self.resolved_by,
+            "first_seen": self.first_seen,
+            "last_seen": self.last_seen,
+            "observed_at": self.observed_at,
+        }
+
+
+def merge_pod_rows(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
+    """Combine two observations of a pod, whatever order they come in.
+
+    The seen range widens; labels and node follow the newer observation; the owner
+    chain follows the better resolution (API > kube-state-metrics > none), then the
+    newer observation. Being order-free makes a resumed or re-run ingestion end in
+    the same ledger as an uninterrupted one.
+    """
+    if old is None:
+        return dict(new)
+    merged = dict(old)
+    merged["first_seen"] = min(old["first_seen"], new["first_seen"])
+    merged["last_seen"] = max(old["last_seen"], new["last_seen"])
+    newer = new["observed_at"] >= old["observed_at"]
+    for field in _OBSERVED_FIELDS:
+        # An observation that lacks a field (kube-state-metrics without a label
+        # allowlist, a pod already gone from the API) does not erase what was seen.
+        if new[field] in _EMPTY:
+            continue
+        if newer or old[field] in _EMPTY:
+            merged[field] = new[field]
+    rank_old = RESOLUTION_RANK.get(old["resolved_by"], 0)
+    rank_new = RESOLUTION_RANK.get(new["resolved_by"], 0)
+    if rank_new > rank_old or (rank_new == rank_old and newer):
+        for field in _OWNER_FIELDS:
+            merged[field] = new[field]
+    merged["observed_at"] = max(old["observed_at"], new["observed_at"])
+    return merged
+
+
+class Ledger:
+    """One ledger database. Every write is one transaction."""
+
+    def __init__(self, url: str | None = None, engine: Engine | None = None) -> None:
+        self.url = normalise_url(url or default_ledger_url())
+        self.engine = engine or _make_engine(self.url)
+
+    # ---------------------------------------------------------------- setup
+    def create(self) -> Ledger:
+        """Create the tables if missing; refuse a ledger of another schema version."""
+        try:
+            metadata.create_all(self.engine)
+            with self.engine.begin() as conn:
+                found = conn.execute(
+                    sa.select(meta.c.value).where(meta.c.key == "schema_version")
+                ).scalar()
+                if found is None:
+                    conn.execute(meta.insert().values(key="schema_version", value=SCHEMA_VERSION))
+                elif found != SCHEMA_VERSION:
+                    raise LedgerError(
+                        f"the ledger {self.safe_url} has schema version {found}, this gpuledger "
+                        f"writes version {SCHEMA_VERSION}: use a ledger made by this version"
+                    )
+        except sa.exc.OperationalError as error:
+            raise LedgerError(f"cannot open the ledger {self.safe_url}: {error.orig}") from None
+        return self
+
+    @property
+    def safe_url(self) -> str:
+        """The URL without a password, for messages."""
+        return sa.engine.make_url(self.url).render_as_string(hide_password=True)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # ---------------------------------------------------------------- writes
+    def write_hour(
+        self,
+        hour: int,
+        usage_rows: Sequence[Mapping[str, Any]],
+        capacity_rows: Sequence[Mapping[str, Any]],
+        source: str,
+    ) -> None:
+        """Replace one hour's rows and mark it done, in one transaction."""
+        if hour % HOUR:
+            raise ValueError(f"hour {hour} is not on an hour boundary")
+        with self.engine.begin() as conn:
+            conn.execute(usage.delete().where(usage.c.hour == hour))
+            conn.execute(capacity.delete().where(capacity.c.hour == hour))
+            conn.execute(ingested_hours.delete().where(ingested_hours.c.hour == hour))
+            if usage_rows:
+                conn.execute(usage.insert(), [{**row, "hour": hour} for row in usage_rows])
+            if capacity_rows:
+                conn.execute(capacity.insert(), [{**row, "hour": hour} for row in capacity_rows])
+            conn.execute(
+                ingested_hours.insert().values(
+                    hour=hour,
+                    ingested_at=int(time.time()),
+                    source=source[:1024],
+                    usage_rows=len(usage_rows),
+                    gpus=sum(int(row["gpus"]) for row in capacity_rows),
+                )
+            )
+
+    def merge_metadata(
+        self,
+        pod_rows: Iterable[PodMetadata],
+        namespace_labels: Mapping[str, tuple[Mapping[str, str], int]] | None = None,
+        node_labels: Mapping[str, tuple[Mapping[str, str], int]] | None = None,
+    ) -> None:
+        """Merge new observations of pods, namespaces and nodes, in one transaction."""
+        incoming = [p.row() for p in pod_rows]
+        with self.engine.begin() as conn:
+            if incoming:
+                existing = _existing_pods(conn, [(r["namespace"], r["pod"]) for r in incoming])
+                merged = [
+                    merge_pod_rows(existing.get((r["namespace"], r["pod"])), r) for r in incoming
+                ]
+                _upsert(conn, pods, merged, ("namespace", "pod"))
+            for table, key, observations in (
+                (namespaces, "namespace", namespace_labels or {}),
+                (nodes, "node", node_labels or {}),
+            ):
+                if not observations:
+                    continue
+                stored = {
+                    row[0]: row[1]
+                    for row in conn.execute(
+                        sa.select(table.c[key], table.c.observed_at).where(
+                            table.c[key].in_(list(observations))
+                        )
+                    )
+                }
+                rows = [
+                    {key: name, "labels": json.dumps(dict(labels), sort_keys=True), "observed_at": at}
+                    for name, (labels, at) in observations.items()
+                    if at >= stored.get(name, -1)
+                ]
+                _upsert(conn, table, rows, (key,))
+
+    # ---------------------------------------------------------------- reads
+    def done_hours(self, start: int, end: int) -> set[int]:
+        """Hours in [start, end) that are in the ledger."""
+        with self.engine.connect() as conn:
+            result = conn.execute(
+                sa.select(ingested_hours.c.hour).where(
+                    ingested_hours.c.hour >= start, ingested_hours.c.hour < end
+                )
+            )
+            return {int(row[0]) for row in result}
+
+    def hours_with_capacity(self, hours: Iterable[int]) -> set[int]:
+        """Of these hours, those the ledger has GPU capacity for."""
+        hours = list(hours)
+        if not hours:
+            return set()
+        with self.engine.connect() as conn:
+            result = conn.execute(
+                sa.select(ingested_hours.c.hour).where(
+                    ingested_hours.c.hour.in_(hours), ingested_hours.c.gpus > 0
+                )
+            )
+            return {int(row[0]) for row in result}
+
+    def last_hour(self) -> int | None:
+        """The latest hour in the ledger, or None when it is empty."""
+        with self.engine.connect() as conn:
+            value = conn.execute(sa.select(sa.func.max(ingested_hours.c.hour))).scalar()
+        return None if value is None else int(value)
+
+    def hours_frame(self, start: int, end: int) -> pd.DataFrame:
+        return self._frame(
+            sa.select(ingested_hours)
+            .where(ingested_hours.c.hour >= start, ingested_hours.c.hour < end)
+            .order_by(ingested_hours.c.hour)
+        )
+
+    def usage_frame(self, start: int, end: int) -> pd.DataFrame:
+        """Usage rows of hours in [start, end)."""
+        return self._frame(
+            sa.select(usage)
+            .where(usage.c.hour >= start, usage.c.hour < end)
+            .order_by(*[usage.c[k] for k in USAGE_KEY])
+        )
+
+    def capacity_frame(self, start: int, end: int) -> pd.DataFrame:
+        """Capacity rows of hours in [start, end)."""
+        return self._frame(
+            sa.select(capacity)
+            .where(capacity.c.hour >= start, capacity.c.hour < end)
+            .order_by(*[capacity.c[k] for k in CAPACITY_KEY])
+        )
+
+    def pods_frame(self) -> pd.DataFrame:
+        """Every pod the ledger knows; JSON columns (chain, labels, job_labels) decoded."""
+        frame = self._frame(sa.select(pods).order_by(pods.c.namespace, pods.c.pod))
+        for column in ("chain", "labels", "job_labels"):
+            frame[column] = [json.loads(v) for v in frame[column]]
+        return frame
+
+    def namespaces_frame(self) -> pd.DataFrame:
+        frame = self._frame(sa.select(namespaces).order_by(namespaces.c.namespace))
+        frame["labels"] = [json.loads(v) for v in frame["labels"]]
+        return frame
+
+    def nodes_frame(self) -> pd.DataFrame:
+        frame = self._frame(sa.select(nodes).order_by(nodes.c.node))
+        frame["labels"] = [json.loads(v) for v in frame["labels"]]
+        return frame
+
+    def pod_resolutions(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        """How each of these pods' owner chains was resolved so far ('none' if unknown)."""
+        keys = list(keys)
+        with self.engine.connect() as conn:
+            found = _existing_pods(conn, keys)
+        return {key: found[key]["resolved_by"] if key in found else "none" for key in keys}
+
+    def table_rows(self, name: str) -> list[tuple[Any, ...]]:
+        """Every row of a table in key order (for comparing two ledgers in tests and tools)."""
+        table = metadata.tables[name]
+        with self.engine.connect() as conn:
+            return [
+                tuple(row)
+                for row in conn.execute(sa.select(table).order_by(*table.primary_key.columns))
+            ]
+
+    def _frame(self, statement: sa.Select) -> pd.DataFrame:
+        with self.engine.connect() as conn:
+            result = conn.execute(statement)
+            return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+
+
+def _make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url)
+
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            # WAL: readers (reports, the API) never block the hourly writer, and a
+            # killed writer leaves the last committed state.
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        return engine
+    try:
+        return sa.create_engine(url, pool_pre_ping=True)
+    except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError) as error:
+        raise LedgerError(
+            f"cannot use the ledger URL {url!r}: {error}. Use a file path, "
+            "sqlite:///PATH or postgresql+psycopg2://USER@HOST/DB"
+        ) from None
+
+
+def _existing_pods(
+    conn: Connection, keys: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], dict[str, Any]]:
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for offset in range(0, len(keys), 400):
+        batch = keys[offset : offset + 400]
+        result = conn.execute(
+            sa.select(pods).where(sa.tuple_(pods.c.namespace, pods.c.pod).in_(batch))
+        )
+        for row in result.mappings():
+            found[(row["namespace"], row["pod"])] = dict(row)
+    return found
+
+
+def _upsert(
+    conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]], key: Sequence[str]
+) -> None:
+    """Insert rows, replacing those with the same key (SQLite and PostgreSQL)."""
+    if not rows:
+        return
+    dialect = conn.dialect.name
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    elif dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:  # pragma: no cover - only the two supported databases reach here
+        raise LedgerError(f"unsupported ledger database {dialect}: use SQLite or PostgreSQL")
+    for offset in range(0, len(rows), 1000):
+        statement = insert(table)
+        statement = statement.on_conflict_do_update(
+            index_elements=list(key),
+            set_={c.name: statement.excluded[c.name] for c in table.columns if c.name not in key},
+        )
+        conn.execute(statement, list(rows[offset : offset + 1000]))

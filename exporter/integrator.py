@@ -1,0 +1,107 @@
+"""Integrate sampled usage into counters that do not alias with the scrape interval.
+
+The exporter samples every second (by default) and adds value × dt to counters: busy
+GPU-seconds, GPU-seconds held, memory byte-seconds, joules. `increase()` over any window
+is then the usage in that window, whatever Prometheus's scrape interval.
+
+A sample's values describe the period that ends with it (NVML's utilisation is an
+average over its last sample period), so each period is credited with the values read
+at its end. A gap longer than `max_gap_s` (a stalled loop, a suspended node) is not
+credited: guessing across it would invent usage. Such time is missing from
+gpu_sampled_seconds_total too, so ratios stay honest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from exporter.model import DeviceSnapshot, GpuReading
+from exporter.pod_usage import PodDeviceKey, PodDeviceUsage
+
+
+@dataclass
+class GpuTotals:
+    busy_seconds: float = 0.0
+    sampled_seconds: float = 0.0
+    memory_byte_seconds: float = 0.0
+    # Energy from power × dt where the device has no energy counter.
+    integrated_energy_joules: float = 0.0
+    last_energy_joules: float | None = None  # the device counter at the last sample
+
+
+@dataclass
+class PodTotals:
+    allocated_seconds: float = 0.0
+    busy_seconds: float = 0.0
+    memory_byte_seconds: float = 0.0
+    energy_joules: float = 0.0
+
+
+@dataclass
+class UsageTotals:
+    gpus: dict[str, GpuTotals] = field(default_factory=dict)  # by GPU uuid
+    migs: dict[str, float] = field(default_factory=dict)  # MIG uuid -> busy seconds
+    pods: dict[PodDeviceKey, PodTotals] = field(default_factory=dict)
+
+
+class UsageIntegrator:
+    """Turns successive snapshots into monotonic usage counters."""
+
+    def __init__(self, max_gap_s: float = 10.0) -> None:
+        self.max_gap_s = max_gap_s
+        self.totals = UsageTotals()
+        self._last_monotonic: float | None = None
+
+    def _period(self, snapshot: DeviceSnapshot) -> float:
+        last, self._last_monotonic = self._last_monotonic, snapshot.monotonic
+        if last is None:
+            return 0.0
+        dt = snapshot.monotonic - last
+        return dt if 0 < dt <= self.max_gap_s else 0.0
+
+    def update(self, snapshot: DeviceSnapshot, usages: Iterable[PodDeviceUsage]) -> UsageTotals:
+        dt = self._period(snapshot)
+        energy_delta = {gpu.uuid: self._update_gpu(gpu, dt) for gpu in snapshot.gpus}
+        for gpu in snapshot.gpus:
+            for mig in gpu.mig:
+                busy = self.totals.migs.setdefault(mig.uuid, 0.0)
+                if mig.utilization is not None:
+                    self.totals.migs[mig.uuid] = busy + mig.utilization * dt
+
+        alive: dict[PodDeviceKey, PodTotals] = {}
+        for usage in usages:
+            totals = self.totals.pods.get(usage.key) or PodTotals()
+            totals.allocated_seconds += usage.allocated * dt
+            if usage.utilization is not None:
+                totals.busy_seconds += usage.utilization * dt
+            if usage.memory_used_bytes is not None:
+                totals.memory_byte_seconds += usage.memory_used_bytes * dt
+            totals.energy_joules += usage.energy_share * energy_delta.get(usage.key.uuid, 0.0)
+            alive[usage.key] = totals
+        # A pod that no longer holds the device loses its series; if it comes back, its
+        # counters start from zero, which Prometheus reads as a counter reset.
+        self.totals.pods = alive
+        return self.totals
+
+    def _update_gpu(self, gpu: GpuReading, dt: float) -> float:
+        """Credit one GPU's period; return the joules it used in the period."""
+        totals = self.totals.gpus.setdefault(gpu.uuid, GpuTotals())
+        if not gpu.up:
+            totals.last_energy_joules = None
+            return 0.0
+        if gpu.utilization is not None:
+            totals.busy_seconds += gpu.utilization * dt
+            totals.sampled_seconds += dt
+        if gpu.memory_used_bytes is not None:
+            totals.memory_byte_seconds += gpu.memory_used_bytes * dt
+        energy = 0.0
+        if gpu.energy_joules is not None:
+            last = totals.last_energy_joules
+            if last is not None and dt > 0 and gpu.energy_joules >= last:
+                energy = gpu.energy_joules - last
+            totals.last_energy_joules = gpu.energy_joules
+        elif gpu.power_watts is not None:
+            energy = gpu.power_watts * dt
+            totals.integrated_energy_joules += energy
+        return energy
