@@ -70,7 +70,9 @@ class IngestQueries:
     gpu_busy: str = _gpu_sum(catalogue.GPU_BUSY_SECONDS.name)
     gpu_energy: str = _gpu_sum(catalogue.GPU_ENERGY.name)
     # kube-state-metrics, for the pods and nodes that used GPUs in the chunk.
-    pod_owner: str = f"last_over_time(kube_pod_owner[{{range}}]) and on (namespace, pod) {_GPU_PODS}"
+    pod_owner: str = (
+        f"last_over_time(kube_pod_owner[{{range}}]) and on (namespace, pod) {_GPU_PODS}"
+    )
     pod_labels: str = (
         f"last_over_time(kube_pod_labels[{{range}}]) and on (namespace, pod) {_GPU_PODS}"
     )
@@ -181,7 +183,16 @@ class Ingestor:
         q = self.queries
         window = "1h"
         ranged = {}
-        for name in ("held", "busy", "memory", "energy", "capacity", "gpus", "gpu_busy", "gpu_energy"):
+        for name in (
+            "held",
+            "busy",
+            "memory",
+            "energy",
+            "capacity",
+            "gpus",
+            "gpu_busy",
+            "gpu_energy",
+        ):
             promql = getattr(q, name).format(window=window)
             # The value at h + 1h is the increase over the hour that starts at h.
             ranged[name] = self.client.query_range(promql, first + HOUR, last + HOUR, HOUR)
@@ -189,7 +200,11 @@ class Ingestor:
             ranged, ("held", "busy", "memory", "energy"), POD_KEY, _usage_row, set(hours)
         )
         capacity = _by_hour(
-            ranged, ("capacity", "gpus", "gpu_busy", "gpu_energy"), CAPACITY_KEY, _capacity_row, set(hours)
+            ranged,
+            ("capacity", "gpus", "gpu_busy", "gpu_energy"),
+            CAPACITY_KEY,
+            _capacity_row,
+            set(hours),
         )
         self._check(hours, usage, capacity)
         pods, namespaces, nodes = self._metadata(hours, usage)

@@ -165,9 +165,7 @@ class OwnerResolver:
         return resolution
 
     # ---------------------------------------------------------------- Kueue
-    def _kueue(
-        self, namespace: str, objects: list[dict[str, Any]], resolution: Resolution
-    ) -> None:
+    def _kueue(self, namespace: str, objects: list[dict[str, Any]], resolution: Resolution) -> None:
         uids = {o.get("metadata", {}).get("uid") for o in objects} | {
             r.uid for r in resolution.chain
         }
@@ -223,7 +221,9 @@ class OwnerResolver:
             self._objects[key] = self._fetch(api_version, kind, namespace, name)
         return self._objects[key]
 
-    def _fetch(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    def _fetch(
+        self, api_version: str, kind: str, namespace: str, name: str
+    ) -> dict[str, Any] | None:
         if api_version == "v1" and kind == "Pod":
             pod = self._call("pods", lambda: self.core.read_namespaced_pod(name, namespace))
             return None if pod is None else self.api_client.sanitize_for_serialization(pod)
@@ -257,7 +257,9 @@ class OwnerResolver:
                     error.status,
                 )
                 return None
-            raise KubeUnavailable(f"Kubernetes API error reading {what}: HTTP {error.status}") from None
+            raise KubeUnavailable(
+                f"Kubernetes API error reading {what}: HTTP {error.status}"
+            ) from None
         except Exception as error:  # urllib3 connection and protocol errors
             raise KubeUnavailable(f"cannot reach the Kubernetes API: {error}") from None
 

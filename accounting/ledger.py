@@ -330,7 +330,11 @@ class Ledger:
                     )
                 }
                 rows = [
-                    {key: name, "labels": json.dumps(dict(labels), sort_keys=True), "observed_at": at}
+                    {
+                        key: name,
+                        "labels": json.dumps(dict(labels), sort_keys=True),
+                        "observed_at": at,
+                    }
                     for name, (labels, at) in observations.items()
                     if at >= stored.get(name, -1)
                 ]

@@ -96,7 +96,9 @@ def _money(value: Any, what: str, path: str) -> Decimal:
 def parse_price_book(data: Any, path: str = "<in memory>") -> PriceBook:
     """Build a PriceBook from the parsed YAML; every mistake names what to fix."""
     if not isinstance(data, Mapping):
-        raise PriceBookError(f"{path}: expected a mapping with gpu_models, got {type(data).__name__}")
+        raise PriceBookError(
+            f"{path}: expected a mapping with gpu_models, got {type(data).__name__}"
+        )
     unknown = set(data) - _TOP_KEYS
     if unknown:
         raise PriceBookError(
@@ -104,11 +106,11 @@ def parse_price_book(data: Any, path: str = "<in memory>") -> PriceBook:
         )
     currency = str(data.get("currency", "USD"))
     if not re.fullmatch(r"[A-Z]{3}", currency):
-        raise PriceBookError(f"{path}: currency must be an ISO 4217 code like USD, got {currency!r}")
+        raise PriceBookError(
+            f"{path}: currency must be an ISO 4217 code like USD, got {currency!r}"
+        )
     default_kwh = _money(data.get("price_per_kwh", 0), "price_per_kwh", path)
-    default_overhead = _money(
-        data.get("node_overhead_per_hour", 0), "node_overhead_per_hour", path
-    )
+    default_overhead = _money(data.get("node_overhead_per_hour", 0), "node_overhead_per_hour", path)
     models = data.get("gpu_models")
     if not isinstance(models, Mapping) or not models:
         raise PriceBookError(f"{path}: gpu_models must map each GPU model to its prices")
@@ -126,7 +128,9 @@ def parse_price_book(data: Any, path: str = "<in memory>") -> PriceBook:
         if "price_per_gpu_hour" not in entry:
             raise PriceBookError(f"{path}: {where} needs price_per_gpu_hour")
         parsed[str(name)] = ModelPrice(
-            price_per_gpu_hour=_money(entry["price_per_gpu_hour"], f"{where}.price_per_gpu_hour", path),
+            price_per_gpu_hour=_money(
+                entry["price_per_gpu_hour"], f"{where}.price_per_gpu_hour", path
+            ),
             node_overhead_per_hour=_money(
                 entry.get("node_overhead_per_hour", default_overhead),
                 f"{where}.node_overhead_per_hour",

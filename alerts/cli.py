@@ -74,9 +74,7 @@ def run_check(args: argparse.Namespace) -> int:
     stale = rules.stale_files(args.dir)
     if stale:
         ok = False
-        print(
-            f"out of date: {', '.join(stale)}; run `gpuledger alerts generate`", file=sys.stderr
-        )
+        print(f"out of date: {', '.join(stale)}; run `gpuledger alerts generate`", file=sys.stderr)
     promtool, amtool = _tool("promtool"), _tool("amtool")
     if promtool is None or amtool is None:
         return 1

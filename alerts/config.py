@@ -268,7 +268,11 @@ def from_mapping(overrides: dict[str, Any], base: RulesConfig | None = None) -> 
 
 def _scalar(key: str, value: Any, default: Any) -> Any:
     # YAML gives int for "3" and float for "0.3"; a float setting accepts both.
-    if isinstance(default, float) and isinstance(value, int | float) and not isinstance(value, bool):
+    if (
+        isinstance(default, float)
+        and isinstance(value, int | float)
+        and not isinstance(value, bool)
+    ):
         return float(value)
     if type(value) is type(default):
         return value

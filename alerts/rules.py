@@ -91,7 +91,9 @@ class _Names:
             metric: name.replace("namespace_pod:", "namespace:", 1)
             for metric, name in self.pod_hourly.items()
         }
-        self.pod_collective_bytes = f"namespace_pod_operation:{_base(c.COLLECTIVE_BYTES.name)}:{rate}"
+        self.pod_collective_bytes = (
+            f"namespace_pod_operation:{_base(c.COLLECTIVE_BYTES.name)}:{rate}"
+        )
         self.pod_algbw = f"namespace_workload_pod_operation:{algbw}:{rate}"
         self.workload_algbw = f"namespace_workload_operation:{algbw}:{rate}"
 
@@ -247,9 +249,7 @@ def alerts(config: RulesConfig) -> list[Alert]:
         )
     )
 
-    holders = (
-        f"max by ({cl}, node, uuid, namespace, pod) ({c.POD_GPU_ALLOCATED.name}{s}) * 0 + 1"
-    )
+    holders = f"max by ({cl}, node, uuid, namespace, pod) ({c.POD_GPU_ALLOCATED.name}{s}) * 0 + 1"
     full = (
         f"(max by ({device}) ({c.GPU_MEMORY_USED.name}{s})"
         f" / max by ({device}) ({c.GPU_MEMORY_TOTAL.name}{s} > 0))"
@@ -304,8 +304,7 @@ def alerts(config: RulesConfig) -> list[Alert]:
                 f" or sum by ({by}) ({metric} > 0 unless {metric} offset {window})",
                 group.severity,
                 HARDWARE,
-                f"{{{{ $labels.node }}}} GPU {{{{ $labels.gpu }}}} reported XID "
-                f"{{{{ $labels.xid }}}}",
+                "{{ $labels.node }} GPU {{ $labels.gpu }} reported XID {{ $labels.xid }}",
                 f"{gpu} reported XID {{{{ $labels.xid }}}} in the last {window}: "
                 f"{group.meaning}. Action: {group.action}. {pods}",
             )
@@ -353,8 +352,7 @@ def alerts(config: RulesConfig) -> list[Alert]:
             "critical",
             HARDWARE,
             "{{ $labels.node }} GPU {{ $labels.gpu }} does not answer",
-            f"{gpu} has not answered the exporter's NVML calls for {config.gpu_lost_for}. "
-            f"{pods}",
+            f"{gpu} has not answered the exporter's NVML calls for {config.gpu_lost_for}. {pods}",
             config.gpu_lost_for,
         )
     )
@@ -531,7 +529,9 @@ def alerting_groups(config: RulesConfig) -> list[dict[str, Any]]:
             "runbook_url": f"{config.runbook_url_base}/{runbook_slug(alert.name)}.md",
         }
         by_category.setdefault(alert.category, []).append(rule)
-    return [{"name": f"gpuledger.{cat}.alerts", "rules": rules} for cat, rules in by_category.items()]
+    return [
+        {"name": f"gpuledger.{cat}.alerts", "rules": rules} for cat, rules in by_category.items()
+    ]
 
 
 class _Dumper(yaml.SafeDumper):

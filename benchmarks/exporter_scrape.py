@@ -34,17 +34,42 @@ GIB = 1024**3
 
 def gpu(index: int, **fields) -> GpuReading:
     base = dict(
-        index=index, uuid=f"GPU-bench-{index:04d}", model="NVIDIA H100 80GB HBM3",
-        pci_bus_id=f"00000000:{index:02x}:00.0", driver_version="550.54.15",
-        utilization=0.7, memory_utilization=0.3, memory_total_bytes=80 * GIB,
-        memory_used_bytes=60 * GIB, memory_reserved_bytes=GIB // 2, power_watts=500.0,
-        power_limit_watts=700.0, energy_joules=1e6, temperature_celsius=65.0,
-        sm_clock_hertz=1.98e9, memory_clock_hertz=2.6e9,
-        clock_events={r: False for r in ("gpu_idle", "sw_power_cap", "hw_slowdown",
-                                         "sw_thermal_slowdown", "hw_thermal_slowdown")},
-        ecc_corrected_total=0, ecc_uncorrected_total=0, remapped_rows_correctable=0,
-        remapped_rows_uncorrectable=0, row_remap_pending=False, row_remap_failure=False,
-        pcie_tx_bytes_total=1, pcie_rx_bytes_total=1, nvlink_tx_bytes_total=1, nvlink_rx_bytes_total=1,
+        index=index,
+        uuid=f"GPU-bench-{index:04d}",
+        model="NVIDIA H100 80GB HBM3",
+        pci_bus_id=f"00000000:{index:02x}:00.0",
+        driver_version="550.54.15",
+        utilization=0.7,
+        memory_utilization=0.3,
+        memory_total_bytes=80 * GIB,
+        memory_used_bytes=60 * GIB,
+        memory_reserved_bytes=GIB // 2,
+        power_watts=500.0,
+        power_limit_watts=700.0,
+        energy_joules=1e6,
+        temperature_celsius=65.0,
+        sm_clock_hertz=1.98e9,
+        memory_clock_hertz=2.6e9,
+        clock_events={
+            r: False
+            for r in (
+                "gpu_idle",
+                "sw_power_cap",
+                "hw_slowdown",
+                "sw_thermal_slowdown",
+                "hw_thermal_slowdown",
+            )
+        },
+        ecc_corrected_total=0,
+        ecc_uncorrected_total=0,
+        remapped_rows_correctable=0,
+        remapped_rows_uncorrectable=0,
+        row_remap_pending=False,
+        row_remap_failure=False,
+        pcie_tx_bytes_total=1,
+        pcie_rx_bytes_total=1,
+        nvlink_tx_bytes_total=1,
+        nvlink_rx_bytes_total=1,
     )
     base.update(fields)
     return GpuReading(**base)
@@ -56,14 +81,23 @@ def mig_node() -> tuple[list[GpuReading], Attribution]:
         migs = []
         for i in range(7):
             pid = 10_000 + g * 10 + i
-            migs.append(MigReading(
-                uuid=f"MIG-bench-{g}-{i}", profile="1g.10gb", gpu_instance_id=7 + i,
-                compute_instance_id=0, compute_fraction=1 / 7, memory_total_bytes=10 * GIB,
-                memory_used_bytes=5 * GIB, utilization=0.6,
-                processes=(ProcessReading(pid=pid, used_memory_bytes=5 * GIB),),
-            ))
-            ref = PodRef("team-%d" % (i % 3), f"infer-{g}-{i}", "server", f"uid-{g}-{i}")
-            devices[migs[-1].uuid] = (DeviceAssignment("nvidia.com/mig-1g.10gb", migs[-1].uuid, ref),)
+            migs.append(
+                MigReading(
+                    uuid=f"MIG-bench-{g}-{i}",
+                    profile="1g.10gb",
+                    gpu_instance_id=7 + i,
+                    compute_instance_id=0,
+                    compute_fraction=1 / 7,
+                    memory_total_bytes=10 * GIB,
+                    memory_used_bytes=5 * GIB,
+                    utilization=0.6,
+                    processes=(ProcessReading(pid=pid, used_memory_bytes=5 * GIB),),
+                )
+            )
+            ref = PodRef(f"team-{i % 3}", f"infer-{g}-{i}", "server", f"uid-{g}-{i}")
+            devices[migs[-1].uuid] = (
+                DeviceAssignment("nvidia.com/mig-1g.10gb", migs[-1].uuid, ref),
+            )
             owners[pid] = ref
         gpus.append(gpu(g, mig_mode=True, mig=tuple(migs), utilization=None))
     return gpus, Attribution(devices=devices, processes=owners)
@@ -79,7 +113,9 @@ def timesliced_node() -> tuple[list[GpuReading], Attribution]:
             device_id = f"GPU-bench-{g:04d}::{r}"
             devices[device_id] = (DeviceAssignment("nvidia.com/gpu.shared", device_id, ref),)
             owners[pid] = ref
-            processes.append(ProcessReading(pid=pid, used_memory_bytes=4 * GIB, sm_utilization=0.1 * (r + 1)))
+            processes.append(
+                ProcessReading(pid=pid, used_memory_bytes=4 * GIB, sm_utilization=0.1 * (r + 1))
+            )
         gpus.append(gpu(g, processes=tuple(processes)))
     return gpus, Attribution(devices=devices, processes=owners)
 
@@ -94,7 +130,9 @@ class ReplaySource:
 
     def sample(self) -> DeviceSnapshot:
         self.t += 1.0
-        return DeviceSnapshot(timestamp=1.7e9 + self.t, monotonic=self.t, source="simulated", gpus=self.gpus)
+        return DeviceSnapshot(
+            timestamp=1.7e9 + self.t, monotonic=self.t, source="simulated", gpus=self.gpus
+        )
 
     def close(self) -> None:
         pass
@@ -108,7 +146,9 @@ def floor_registry(text: str) -> CollectorRegistry:
             continue
         labels = sorted(family.samples[0].labels)
         kind = Counter if family.type == "counter" else Gauge
-        metric = kind(family.name, family.documentation or "x", labelnames=labels, registry=registry)
+        metric = kind(
+            family.name, family.documentation or "x", labelnames=labels, registry=registry
+        )
         for sample in family.samples:
             child = metric.labels(**sample.labels)
             if kind is Counter:
@@ -180,19 +220,27 @@ def main() -> None:
     args = parser.parse_args()
     rows = [
         bench_node("8 GPU x 7 MIG, 56 pods", *mig_node(), args.collections, args.scrapes),
-        bench_node("8 GPU time-sliced x 4 pods", *timesliced_node(), args.collections, args.scrapes),
+        bench_node(
+            "8 GPU time-sliced x 4 pods", *timesliced_node(), args.collections, args.scrapes
+        ),
     ]
-    header = (f"{'node':<28} {'series':>6} {'scrape p50':>10} {'p99':>7} {'floor p50':>9} {'p99':>7} "
-              f"{'p99/floor':>9} {'CPU s/1k coll':>13} {'core@1Hz':>8} {'RSS MB':>7} {'RSS growth':>10}")
+    header = (
+        f"{'node':<28} {'series':>6} {'scrape p50':>10} {'p99':>7} {'floor p50':>9} {'p99':>7} "
+        f"{'p99/floor':>9} {'CPU s/1k coll':>13} {'core@1Hz':>8} {'RSS MB':>7} {'RSS growth':>10}"
+    )
     print(f"exporter benchmark: {args.collections} collections, {args.scrapes} scrapes per node")
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['node']:<28} {r['series']:>6} {r['scrape_p50_ms']:>8.2f}ms {r['scrape_p99_ms']:>5.2f}ms "
-              f"{r['floor_p50_ms']:>7.2f}ms {r['floor_p99_ms']:>5.2f}ms "
-              f"{r['scrape_p99_ms'] / r['floor_p99_ms']:>9.2f} {r['cpu_s_per_1000']:>13.3f} "
-              f"{r['core_pct_at_1hz']:>7.3f}% {r['rss_mb']:>7.1f} {r['rss_growth_mb']:>8.2f}MB")
-    print("targets: scrape p99 <= 1.3x floor; RSS growth < 5 MB after warm-up; collection < 1% of a core at 1 Hz")
+        print(
+            f"{r['node']:<28} {r['series']:>6} {r['scrape_p50_ms']:>8.2f}ms {r['scrape_p99_ms']:>5.2f}ms "
+            f"{r['floor_p50_ms']:>7.2f}ms {r['floor_p99_ms']:>5.2f}ms "
+            f"{r['scrape_p99_ms'] / r['floor_p99_ms']:>9.2f} {r['cpu_s_per_1000']:>13.3f} "
+            f"{r['core_pct_at_1hz']:>7.3f}% {r['rss_mb']:>7.1f} {r['rss_growth_mb']:>8.2f}MB"
+        )
+    print(
+        "targets: scrape p99 <= 1.3x floor; RSS growth < 5 MB after warm-up; collection < 1% of a core at 1 Hz"
+    )
 
 
 if __name__ == "__main__":

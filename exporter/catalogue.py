@@ -13,12 +13,12 @@ the present.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 PREFIX = "gpuledger_"
 
 
-class MetricType(str, Enum):
+class MetricType(StrEnum):
     GAUGE = "gauge"
     COUNTER = "counter"
     HISTOGRAM = "histogram"

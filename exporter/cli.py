@@ -42,26 +42,53 @@ def register(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("NODE_NAME") or None,
         help="this node's name (default: $NODE_NAME, else the scenario's, else the hostname)",
     )
-    parser.add_argument("--dcgm-compat", action="store_true",
-                        help="also emit dcgm-exporter's default metric names and labels")
-    parser.add_argument("--max-pod-series", type=int, default=10_000,
-                        help="cap on pod-on-device series; the rest are dropped and counted")
+    parser.add_argument(
+        "--dcgm-compat",
+        action="store_true",
+        help="also emit dcgm-exporter's default metric names and labels",
+    )
+    parser.add_argument(
+        "--max-pod-series",
+        type=int,
+        default=10_000,
+        help="cap on pod-on-device series; the rest are dropped and counted",
+    )
     kube = parser.add_argument_group("attribution (real GPUs)")
-    kube.add_argument("--kubelet-socket", default=DEFAULT_KUBELET_SOCKET,
-                      help="the kubelet's PodResources socket")
-    kube.add_argument("--resource-name", action="append", default=[],
-                      help="extra device resource name to attribute (repeatable)")
-    kube.add_argument("--no-kubelet", action="store_true", help="do not ask the kubelet (no pod series)")
+    kube.add_argument(
+        "--kubelet-socket", default=DEFAULT_KUBELET_SOCKET, help="the kubelet's PodResources socket"
+    )
+    kube.add_argument(
+        "--resource-name",
+        action="append",
+        default=[],
+        help="extra device resource name to attribute (repeatable)",
+    )
+    kube.add_argument(
+        "--no-kubelet", action="store_true", help="do not ask the kubelet (no pod series)"
+    )
     kube.add_argument("--proc-root", default="/proc", help="host /proc, for process -> pod")
-    kube.add_argument("--no-pod-watch", action="store_true",
-                      help="do not watch this node's pods (no names for shared-GPU splits)")
-    kube.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: in-cluster config)")
+    kube.add_argument(
+        "--no-pod-watch",
+        action="store_true",
+        help="do not watch this node's pods (no names for shared-GPU splits)",
+    )
+    kube.add_argument(
+        "--kubeconfig", default=None, help="kubeconfig file (default: in-cluster config)"
+    )
     collective = parser.add_argument_group("collectives and links")
-    collective.add_argument("--probe-socket", default=None,
-                            help=f"listen for the in-job probe on this unix socket (e.g. {DEFAULT_PROBE_SOCKET})")
-    collective.add_argument("--inspector-dir", default=None,
-                            help="directory of NCCL Inspector Prometheus dumps to re-label")
-    collective.add_argument("--sys-root", default="/sys", help="host /sys, for InfiniBand port counters")
+    collective.add_argument(
+        "--probe-socket",
+        default=None,
+        help=f"listen for the in-job probe on this unix socket (e.g. {DEFAULT_PROBE_SOCKET})",
+    )
+    collective.add_argument(
+        "--inspector-dir",
+        default=None,
+        help="directory of NCCL Inspector Prometheus dumps to re-label",
+    )
+    collective.add_argument(
+        "--sys-root", default="/sys", help="host /sys, for InfiniBand port counters"
+    )
     parser.set_defaults(func=run)
 
 
@@ -96,10 +123,13 @@ def build_exporter(args: argparse.Namespace) -> Exporter:
 
 
 def run(args: argparse.Namespace) -> int:
+    from exporter.sources.nvml import NvmlUnavailable
+    from exporter.sources.scenario import ScenarioError
+
     try:
         host, port = parse_listen(args.listen)
         exporter = build_exporter(args)
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, NvmlUnavailable, ScenarioError) as error:
         log.error(str(error))
         print(f"gpuledger exporter: {error}")
         return 2
@@ -112,7 +142,10 @@ def run(args: argparse.Namespace) -> int:
         exporter.stop()
         print(f"gpuledger exporter: cannot listen on {args.listen}: {error}")
         return 2
-    print(f"gpuledger exporter: serving {exporter.url}/metrics (source: {exporter.source.name})", flush=True)
+    print(
+        f"gpuledger exporter: serving {exporter.url}/metrics (source: {exporter.source.name})",
+        flush=True,
+    )
     stop.wait()
     log.info("stopping")
     exporter.stop()

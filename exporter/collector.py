@@ -25,7 +25,9 @@ def new_family(spec: MetricSpec) -> Metric:
         return CounterMetricFamily(spec.name, spec.help, labels=spec.labels)
     if spec.type is MetricType.GAUGE:
         return GaugeMetricFamily(spec.name, spec.help, labels=spec.labels)
-    raise ValueError(f"{spec.name}: build {spec.type.value} metrics with prometheus_client directly")
+    raise ValueError(
+        f"{spec.name}: build {spec.type.value} metrics with prometheus_client directly"
+    )
 
 
 class Families:
@@ -108,7 +110,8 @@ class GpuLedgerCollector:
             labels = gpu_labels(node, gpu, source)
             out.add(
                 cat.GPU_INFO,
-                labels + [gpu.driver_version, "enabled" if gpu.mig_mode else "disabled", gpu.pci_bus_id],
+                labels
+                + [gpu.driver_version, "enabled" if gpu.mig_mode else "disabled", gpu.pci_bus_id],
                 1,
             )
             out.add(cat.GPU_UP, labels, 1 if gpu.up else 0)
@@ -136,8 +139,16 @@ class GpuLedgerCollector:
             elif totals is not None and gpu.power_watts is not None:
                 out.add(cat.GPU_ENERGY, labels, totals.integrated_energy_joules)
             for mig in gpu.mig:
-                mig_labels = [node, str(gpu.index), gpu.uuid, gpu.model, mig.profile,
-                              str(mig.gpu_instance_id), mig.uuid, source]
+                mig_labels = [
+                    node,
+                    str(gpu.index),
+                    gpu.uuid,
+                    gpu.model,
+                    mig.profile,
+                    str(mig.gpu_instance_id),
+                    mig.uuid,
+                    source,
+                ]
                 out.add(cat.MIG_INFO, mig_labels + [f"{mig.compute_fraction:.6g}"], 1)
                 if mig.memory_total_bytes is not None:
                     out.add(cat.MIG_MEMORY_TOTAL, mig_labels, mig.memory_total_bytes)
@@ -152,8 +163,19 @@ class GpuLedgerCollector:
         source, node = state.source, state.node
         for usage in state.usages:
             k = usage.key
-            labels = [k.namespace, k.pod, k.container, node, k.gpu, k.uuid, k.model,
-                      k.mig_profile, k.gpu_instance, k.sharing, source]
+            labels = [
+                k.namespace,
+                k.pod,
+                k.container,
+                node,
+                k.gpu,
+                k.uuid,
+                k.model,
+                k.mig_profile,
+                k.gpu_instance,
+                k.sharing,
+                source,
+            ]
             out.add(cat.POD_GPU_ALLOCATED, labels + [usage.resource], usage.allocated)
             if usage.utilization is not None:
                 out.add(cat.POD_GPU_UTILIZATION, labels, usage.utilization)
@@ -170,7 +192,9 @@ class GpuLedgerCollector:
     @staticmethod
     def _self(state: ExporterState, out: Families) -> None:
         node, stats = state.node, state.stats
-        out.add(cat.EXPORTER_BUILD_INFO, [node, __version__, state.source, platform.python_version()], 1)
+        out.add(
+            cat.EXPORTER_BUILD_INFO, [node, __version__, state.source, platform.python_version()], 1
+        )
         out.add(cat.EXPORTER_COLLECTIONS, [node], stats.collections)
         if stats.last_collection_timestamp is not None:
             out.add(cat.EXPORTER_LAST_COLLECTION, [node], stats.last_collection_timestamp)

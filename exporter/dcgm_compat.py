@@ -28,23 +28,34 @@ MIB = 1024 * 1024
 _GAUGES: dict[str, tuple[str, Callable[[GpuReading], float | None]]] = {
     "DCGM_FI_DEV_GPU_TEMP": ("GPU temperature (in C).", lambda g: g.temperature_celsius),
     "DCGM_FI_DEV_POWER_USAGE": ("Power draw (in W).", lambda g: g.power_watts),
-    "DCGM_FI_DEV_SM_CLOCK": ("SM clock frequency (in MHz).",
-                             lambda g: None if g.sm_clock_hertz is None else g.sm_clock_hertz / 1e6),
-    "DCGM_FI_DEV_MEM_CLOCK": ("Memory clock frequency (in MHz).",
-                              lambda g: None if g.memory_clock_hertz is None else g.memory_clock_hertz / 1e6),
+    "DCGM_FI_DEV_SM_CLOCK": (
+        "SM clock frequency (in MHz).",
+        lambda g: None if g.sm_clock_hertz is None else g.sm_clock_hertz / 1e6,
+    ),
+    "DCGM_FI_DEV_MEM_CLOCK": (
+        "Memory clock frequency (in MHz).",
+        lambda g: None if g.memory_clock_hertz is None else g.memory_clock_hertz / 1e6,
+    ),
     "DCGM_FI_DEV_FB_FREE": (
         "Framebuffer memory free (in MiB).",
-        lambda g: None if g.memory_total_bytes is None or g.memory_used_bytes is None
-        else (g.memory_total_bytes - g.memory_used_bytes - (g.memory_reserved_bytes or 0)) / MIB,
+        lambda g: (
+            None
+            if g.memory_total_bytes is None or g.memory_used_bytes is None
+            else (g.memory_total_bytes - g.memory_used_bytes - (g.memory_reserved_bytes or 0)) / MIB
+        ),
     ),
     "DCGM_FI_DEV_XID_ERRORS": (
         "Value of the last XID error encountered.",
         lambda g: float(max(g.xid_counts)) if g.xid_counts else 0.0,
     ),
-    "DCGM_FI_PROF_GR_ENGINE_ACTIVE": ("Ratio of time the graphics engine is active.",
-                                      lambda g: g.graphics_engine_active),
-    "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE": ("Ratio of cycles the tensor (HMMA) pipe is active.",
-                                        lambda g: g.tensor_active),
+    "DCGM_FI_PROF_GR_ENGINE_ACTIVE": (
+        "Ratio of time the graphics engine is active.",
+        lambda g: g.graphics_engine_active,
+    ),
+    "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE": (
+        "Ratio of cycles the tensor (HMMA) pipe is active.",
+        lambda g: g.tensor_active,
+    ),
 }
 
 
@@ -69,13 +80,18 @@ class DcgmCompatCollector:
                 split.setdefault(usage.key.uuid, []).append(usage)
 
         util = GaugeMetricFamily("DCGM_FI_DEV_GPU_UTIL", "GPU utilization (in %).", labels=LABELS)
-        fb_used = GaugeMetricFamily("DCGM_FI_DEV_FB_USED", "Framebuffer memory used (in MiB).", labels=LABELS)
+        fb_used = GaugeMetricFamily(
+            "DCGM_FI_DEV_FB_USED", "Framebuffer memory used (in MiB).", labels=LABELS
+        )
         energy = CounterMetricFamily(
             "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION",
             "Total energy consumption since boot (in mJ).",
             labels=LABELS,
         )
-        gauges = {name: GaugeMetricFamily(name, help_, labels=LABELS) for name, (help_, _) in _GAUGES.items()}
+        gauges = {
+            name: GaugeMetricFamily(name, help_, labels=LABELS)
+            for name, (help_, _) in _GAUGES.items()
+        }
 
         for gpu in state.snapshot.gpus:
             if not gpu.up:

@@ -94,7 +94,9 @@ class CollectionLoop:
                 self._last_attribution = attribution
                 collector_up["attribution"] = True
             except Exception as exc:
-                log.error("attribution failed; keeping the last mapping", extra={"error": repr(exc)})
+                log.error(
+                    "attribution failed; keeping the last mapping", extra={"error": repr(exc)}
+                )
                 self._own_errors[("attribution", type(exc).__name__)] += 1
                 attribution = Attribution(
                     devices=attribution.devices,

@@ -112,10 +112,7 @@ def _usages_for_device(
     if not holders:
         return []
     pods = list(holders)
-    if mig is not None:
-        sharing = MIG
-    else:
-        sharing = EXCLUSIVE if len(pods) == 1 else SHARED
+    sharing = MIG if mig is not None else EXCLUSIVE if len(pods) == 1 else SHARED
     if len(pods) == 1:
         busy_shares = {pods[0]: 1.0}
         memory = {pods[0]: memory_used}
@@ -125,10 +122,7 @@ def _usages_for_device(
     usages = []
     for pod in pods:
         busy = None if utilization is None else utilization * fraction * busy_shares[pod]
-        if len(pods) > 1 and utilization:
-            energy_share = fraction * busy_shares[pod]
-        else:
-            energy_share = held
+        energy_share = fraction * busy_shares[pod] if len(pods) > 1 and utilization else held
         usages.append(
             PodDeviceUsage(
                 key=PodDeviceKey(

@@ -24,7 +24,9 @@ log = logging.getLogger(__name__)
 class MetricsRenderer:
     """Renders a registry, caching the text per collection generation."""
 
-    def __init__(self, registry: CollectorRegistry, generation: Callable[[], int], node: str) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, generation: Callable[[], int], node: str
+    ) -> None:
         self.registry = registry
         self._generation = generation
         self._lock = threading.Lock()
@@ -51,8 +53,13 @@ class MetricsRenderer:
 class ExporterHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], renderer: MetricsRenderer,
-                 healthy: Callable[[], bool], ready: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        renderer: MetricsRenderer,
+        healthy: Callable[[], bool],
+        ready: Callable[[], bool],
+    ) -> None:
         self.renderer = renderer
         self.healthy = healthy
         self.ready = ready

@@ -6,6 +6,7 @@ two: the job knows exactly when it was busy, idle, stalled or communicating.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
@@ -16,6 +17,18 @@ from exporter import catalogue as cat
 def _bare(spec: cat.MetricSpec) -> str:
     # prometheus_client appends _total to counters itself.
     return spec.name.removesuffix("_total") if spec.type is cat.MetricType.COUNTER else spec.name
+
+
+# Gauges that describe the present (the last step) rather than the phase's history.
+_PRESENT = (
+    cat.LOADGEN_STEP_SECONDS,
+    cat.LOADGEN_FLOPS,
+    cat.LOADGEN_MFU,
+    cat.LOADGEN_BUSY,
+    cat.LOADGEN_MEMORY,
+    cat.LOADGEN_LOSS,
+    cat.LOADGEN_BUSBW,
+)
 
 
 class LoadgenMetrics:
@@ -42,8 +55,18 @@ class LoadgenMetrics:
             )
 
     def phase(self, phase: str, kind: str, active: bool) -> None:
-        """Mark a phase as running (1) or over (0)."""
+        """Mark a phase as running (1) or over (0). When it is over, its gauges of the
+        present go, so that a query of the rank's present sees only the running phase."""
         self._labels(cat.LOADGEN_PHASE, phase, kind=kind).set(1 if active else 0)
+        if active:
+            return
+        for spec in _PRESENT:
+            with contextlib.suppress(KeyError):  # a phase without steps never set it
+                self._metrics[spec.name].remove(self.job, self.rank, phase)
+
+    def idle(self, phase: str) -> None:
+        """Nothing runs in this phase: the device is not busy."""
+        self._labels(cat.LOADGEN_BUSY, phase).set(0)
 
     def memory(self, phase: str, memory_bytes: int) -> None:
         self._labels(cat.LOADGEN_MEMORY, phase).set(memory_bytes)

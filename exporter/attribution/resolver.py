@@ -187,12 +187,7 @@ class AttributionResolver:
         processes: dict[int, PodRef] = {}
         reasons: Counter[str] = Counter()
         for pid in dict.fromkeys(pids):
-            try:
-                ref = self._process(pid, reasons)
-            except Exception:
-                log.exception("attributing pid %s failed unexpectedly", pid)
-                self._count(CGROUP, UNEXPECTED)
-                continue
+            ref = self._process(pid, reasons)
             if ref is not None:
                 processes[pid] = ref
         for reason, count in reasons.items():
@@ -201,10 +196,20 @@ class AttributionResolver:
 
     def _process(self, pid: int, reasons: Counter[str]) -> PodRef | None:
         assert self._pods is not None
-        identity = pod_of_pid(pid, self._proc_root, reasons)
+        try:
+            identity = pod_of_pid(pid, self._proc_root, reasons)
+        except Exception:
+            log.exception("reading the cgroup of pid %s failed unexpectedly", pid)
+            self._count(CGROUP, UNEXPECTED)
+            return None
         if identity is None:
             return None  # vanished (counted) or not in a pod (host process)
-        info = self._pods.pod(identity.pod_uid)
+        try:
+            info = self._pods.pod(identity.pod_uid)
+        except Exception:
+            log.exception("pod watch lookup of uid %s failed unexpectedly", identity.pod_uid)
+            self._count(APISERVER, UNEXPECTED)
+            return None
         if info is None:
             self._count(APISERVER, POD_UNKNOWN)
             return None

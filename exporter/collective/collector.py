@@ -78,7 +78,9 @@ class _Families:
                 for labels, acc in self._histograms[spec].items():
                     counts, total = acc[:-1], acc[-1]
                     family.add_metric(
-                        labels, buckets=list(zip(_BUCKET_LABELS, counts, strict=True)), sum_value=total
+                        labels,
+                        buckets=list(zip(_BUCKET_LABELS, counts, strict=True)),
+                        sum_value=total,
                     )
                 yield family
 

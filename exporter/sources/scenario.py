@@ -301,7 +301,9 @@ class _Parser:
 
     # -- small checks
 
-    def mapping(self, where: str, value: Any, required: tuple[str, ...], optional: tuple[str, ...]):
+    def mapping(
+        self, where: str, value: Any, required: tuple[str, ...], optional: tuple[str, ...]
+    ) -> dict:
         if not isinstance(value, dict):
             raise self.error(where, f"must be a mapping with keys {', '.join(required + optional)}")
         allowed = required + optional

@@ -35,7 +35,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from exporter.attribution import Attribution, DeviceAssignment, PodRef
@@ -136,8 +136,12 @@ class SimulatedSource:
         seed: int = 0,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        node: str | None = None,
     ) -> None:
-        self.scenario = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
+        """`node` replaces the scenario's node name (it also changes the UUIDs), so that
+        one scenario can play several nodes."""
+        scenario = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
+        self.scenario = scenario if node is None else replace(scenario, node=node)
         self.seed = seed
         self._clock = clock
         self._wall_clock = wall_clock
@@ -222,9 +226,12 @@ class SimulatedSource:
             self._between_phases = between_phases
             self._driven = None
 
-    def follow_file(self, path: str | Path, between_phases: str | None = None) -> None:
-        """Follow the load generator's JSON Lines timeline (see `TimelineFollower`)."""
-        self.follow(TimelineFollower(path), between_phases)
+    def follow_file(
+        self, path: str | Path, between_phases: str | None = None, rank: int | None = 0
+    ) -> None:
+        """Follow the load generator's JSON Lines timeline (see `TimelineFollower`):
+        by default rank 0's phases, which every rank runs in step."""
+        self.follow(TimelineFollower(path, rank=rank), between_phases)
 
     def uuid(self, index: int) -> str:
         return self._uuids[index]
@@ -657,22 +664,25 @@ class SimulatedSource:
 
 
 class TimelineFollower:
-    """Reads the load generator's JSON Lines timeline as it grows and says which phase
-    runs now. A line like {"event": "phase_start", "phase": "train", "time": 1700000000.5}
-    starts a phase; {"event": "phase_end", "phase": "train"} ends it. Other lines,
-    malformed lines and a missing file are ignored. The keys are parameters so that
-    the follower matches the timeline's format."""
+    """Reads the load generator's JSON Lines timeline (loadgen/timeline.py) as it grows
+    and says which phase runs now: {"type": "phase_start", "phase": "train", "start":
+    1700000000.5, ...} starts a phase, {"type": "phase_end", "phase": "train", ...}
+    ends it. Other records, malformed lines and a missing file are ignored. With
+    `rank`, only that rank's records count (ranks may share one file). The keys are
+    parameters so that another timeline format can be followed."""
 
     def __init__(
         self,
         path: str | Path,
-        event_key: str = "event",
+        rank: int | None = None,
+        event_key: str = "type",
         phase_key: str = "phase",
-        time_key: str = "time",
+        time_key: str = "start",
         start_events: tuple[str, ...] = ("phase_start",),
         end_events: tuple[str, ...] = ("phase_end",),
     ) -> None:
         self.path = Path(path)
+        self.rank = rank
         self._keys = (event_key, phase_key, time_key)
         self._start_events = start_events
         self._end_events = end_events
@@ -703,6 +713,8 @@ class TimelineFollower:
             except ValueError:
                 continue
             if not isinstance(record, dict) or not isinstance(record.get(phase_key), str):
+                continue
+            if self.rank is not None and record.get("rank") != self.rank:
                 continue
             event = record.get(event_key)
             if event in self._start_events:

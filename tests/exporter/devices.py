@@ -66,7 +66,9 @@ def pod(name: str, namespace: str = "team-a", container: str = "trainer") -> Pod
     return PodRef(namespace=namespace, pod=name, container=container, uid=f"uid-{name}")
 
 
-def assign(device_id: str, *pods: PodRef, resource: str = "nvidia.com/gpu") -> dict[str, tuple[DeviceAssignment, ...]]:
+def assign(
+    device_id: str, *pods: PodRef, resource: str = "nvidia.com/gpu"
+) -> dict[str, tuple[DeviceAssignment, ...]]:
     return {device_id: tuple(DeviceAssignment(resource, device_id, p) for p in pods)}
 
 

@@ -13,7 +13,15 @@ from exporter import catalogue as cat
 from exporter.app import Exporter
 from exporter.attribution import Attribution
 from exporter.model import ProcessReading
-from tests.exporter.devices import GIB, ScriptedSource, assign, h100, mig_gpu, pod, static_attribution
+from tests.exporter.devices import (
+    GIB,
+    ScriptedSource,
+    assign,
+    h100,
+    mig_gpu,
+    pod,
+    static_attribution,
+)
 
 GOLDEN = Path(__file__).parent / "golden" / "exposition.txt"
 
@@ -21,17 +29,27 @@ GOLDEN = Path(__file__).parent / "golden" / "exposition.txt"
 def fleet_attribution(gpus):
     shared, migs = gpus[1], gpus[2]
     devices = assign(gpus[0].uuid, pod("train-0"))
-    devices |= assign(shared.uuid, pod("nb-1", "team-b"), pod("nb-2", "team-b"), resource="nvidia.com/gpu.shared")
+    devices |= assign(
+        shared.uuid, pod("nb-1", "team-b"), pod("nb-2", "team-b"), resource="nvidia.com/gpu.shared"
+    )
     for i, mig in enumerate(migs.mig):
         devices |= assign(mig.uuid, pod(f"infer-{i}", "team-c"), resource="nvidia.com/mig-1g.10gb")
-    return Attribution(devices=devices, processes={41: pod("nb-1", "team-b"), 42: pod("nb-2", "team-b")})
+    return Attribution(
+        devices=devices, processes={41: pod("nb-1", "team-b"), 42: pod("nb-2", "team-b")}
+    )
 
 
 def fleet():
-    shared = h100(1, utilization=0.5, processes=(
-        ProcessReading(pid=41, used_memory_bytes=3 * GIB, sm_utilization=0.3),
-        ProcessReading(pid=42, used_memory_bytes=5 * GIB, sm_utilization=0.1),
-    ), xid_counts={79: 1}, last_xid_timestamp=1_700_000_500.0)
+    shared = h100(
+        1,
+        utilization=0.5,
+        processes=(
+            ProcessReading(pid=41, used_memory_bytes=3 * GIB, sm_utilization=0.3),
+            ProcessReading(pid=42, used_memory_bytes=5 * GIB, sm_utilization=0.1),
+        ),
+        xid_counts={79: 1},
+        last_xid_timestamp=1_700_000_500.0,
+    )
     return [h100(0), shared, mig_gpu(2, instances=3)]
 
 
@@ -52,17 +70,31 @@ def collect_text(exporter, times=3):
 
 def test_exposition_matches_the_golden_file():
     gpus = fleet()
-    exporter = Exporter(ScriptedSource(gpus), "node-a", static_attribution(fleet_attribution(gpus)), dcgm_compat=True)
+    exporter = Exporter(
+        ScriptedSource(gpus),
+        "node-a",
+        static_attribution(fleet_attribution(gpus)),
+        dcgm_compat=True,
+    )
     text = collect_text(exporter)
     # Lines that change from run to run: durations, wall-clock times, versions.
-    stable = "\n".join(
-        line for line in text.splitlines()
-        if not any(word in line for word in ("duration_seconds", "last_collection_timestamp", "build_info"))
-    ) + "\n"
+    stable = (
+        "\n".join(
+            line
+            for line in text.splitlines()
+            if not any(
+                word in line
+                for word in ("duration_seconds", "last_collection_timestamp", "build_info")
+            )
+        )
+        + "\n"
+    )
     committed = GOLDEN.read_text() if GOLDEN.exists() else ""
     if committed != stable:
         GOLDEN.with_suffix(".new").write_text(stable)
-    assert committed == stable, f"exposition changed: compare {GOLDEN} with {GOLDEN.with_suffix('.new')}"
+    assert committed == stable, (
+        f"exposition changed: compare {GOLDEN} with {GOLDEN.with_suffix('.new')}"
+    )
 
 
 def test_every_gpuledger_series_is_in_the_catalogue_with_its_labels():
@@ -82,7 +114,9 @@ def test_every_gpuledger_series_is_in_the_catalogue_with_its_labels():
 
 def test_pod_counters_add_up_to_the_gpu():
     gpus = fleet()
-    exporter = Exporter(ScriptedSource(gpus, step=1.0), "node-a", static_attribution(fleet_attribution(gpus)))
+    exporter = Exporter(
+        ScriptedSource(gpus, step=1.0), "node-a", static_attribution(fleet_attribution(gpus))
+    )
     parsed = families(collect_text(exporter, times=5))  # 4 periods of 1 s
     busy = {(s.labels["pod"]): s.value for s in parsed["gpuledger_pod_gpu_busy_seconds"].samples}
     assert busy["nb-1"] + busy["nb-2"] == pytest.approx(4 * 0.5)
@@ -95,20 +129,43 @@ def test_pod_counters_add_up_to_the_gpu():
 
 def test_dcgm_compat_names_units_and_labels():
     gpus = fleet()
-    exporter = Exporter(ScriptedSource(gpus), "node-a", static_attribution(fleet_attribution(gpus)), dcgm_compat=True)
+    exporter = Exporter(
+        ScriptedSource(gpus),
+        "node-a",
+        static_attribution(fleet_attribution(gpus)),
+        dcgm_compat=True,
+    )
     parsed = families(collect_text(exporter))
-    util = {s.labels["gpu"] + "/" + s.labels["pod"]: s.value for s in parsed["DCGM_FI_DEV_GPU_UTIL"].samples}
+    util = {
+        s.labels["gpu"] + "/" + s.labels["pod"]: s.value
+        for s in parsed["DCGM_FI_DEV_GPU_UTIL"].samples
+    }
     assert util["0/train-0"] == pytest.approx(50.0)  # percent
     assert util["1/nb-1"] + util["1/nb-2"] == pytest.approx(50.0)  # split, not repeated
-    fb = {s.labels["gpu"]: s.value for s in parsed["DCGM_FI_DEV_FB_USED"].samples if s.labels["pod"] == "train-0"}
+    fb = {
+        s.labels["gpu"]: s.value
+        for s in parsed["DCGM_FI_DEV_FB_USED"].samples
+        if s.labels["pod"] == "train-0"
+    }
     assert fb["0"] == pytest.approx(40 * 1024)  # MiB
     energy = parsed["DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION"]
     assert energy.type == "counter"
     sample = next(s for s in energy.samples if s.labels["gpu"] == "0")
     assert sample.value == pytest.approx(1_000_000)  # mJ
-    assert set(sample.labels) == {"gpu", "UUID", "device", "modelName", "Hostname", "container", "namespace", "pod"}
+    assert set(sample.labels) == {
+        "gpu",
+        "UUID",
+        "device",
+        "modelName",
+        "Hostname",
+        "container",
+        "namespace",
+        "pod",
+    }
     assert sample.labels["device"] == "nvidia0" and sample.labels["Hostname"] == "node-a"
-    assert {s.value for s in parsed["DCGM_FI_DEV_XID_ERRORS"].samples if s.labels["gpu"] == "1"} == {79.0}
+    assert {
+        s.value for s in parsed["DCGM_FI_DEV_XID_ERRORS"].samples if s.labels["gpu"] == "1"
+    } == {79.0}
 
 
 def test_series_cap_drops_new_pods_and_counts_them():
@@ -116,7 +173,12 @@ def test_series_cap_drops_new_pods_and_counts_them():
     devices = {}
     for i, mig in enumerate(gpus[0].mig):
         devices |= assign(mig.uuid, pod(f"p{i}"))
-    exporter = Exporter(ScriptedSource(gpus), "n", static_attribution(Attribution(devices=devices)), max_pod_series=5)
+    exporter = Exporter(
+        ScriptedSource(gpus),
+        "n",
+        static_attribution(Attribution(devices=devices)),
+        max_pod_series=5,
+    )
     parsed = families(collect_text(exporter))
     assert len(parsed["gpuledger_pod_gpu_allocated"].samples) == 5
     assert parsed["gpuledger_exporter_dropped_series"].samples[0].value == 2
@@ -137,9 +199,13 @@ def test_source_crash_keeps_serving_and_is_reported():
     exporter.loop.collect_once()
     source.fail_with = RuntimeError("driver wedged")
     parsed = families(collect_text(exporter, times=2))
-    assert {s.labels["collector"]: s.value for s in parsed["gpuledger_exporter_collector_up"].samples}["device"] == 0
-    errors = {(s.labels["source"], s.labels["reason"]): s.value
-              for s in parsed["gpuledger_exporter_attribution_errors"].samples}
+    assert {
+        s.labels["collector"]: s.value for s in parsed["gpuledger_exporter_collector_up"].samples
+    }["device"] == 0
+    errors = {
+        (s.labels["source"], s.labels["reason"]): s.value
+        for s in parsed["gpuledger_exporter_attribution_errors"].samples
+    }
     assert errors[("device", "RuntimeError")] == 2
     assert parsed["gpuledger_gpu_up"].samples[0].value == 1.0  # last good snapshot still served
 
@@ -158,7 +224,9 @@ def test_attribution_crash_keeps_the_last_mapping_and_marks_it_stale():
     exporter = Exporter(ScriptedSource(gpus), "n", flaky)
     parsed = families(collect_text(exporter, times=3))
     assert [s.labels["pod"] for s in parsed["gpuledger_pod_gpu_allocated"].samples] == ["a"]
-    stale = {s.labels["source"]: s.value for s in parsed["gpuledger_exporter_attribution_stale"].samples}
+    stale = {
+        s.labels["source"]: s.value for s in parsed["gpuledger_exporter_attribution_stale"].samples
+    }
     assert stale["attribution"] == 1
 
 
@@ -194,7 +262,9 @@ def test_http_endpoints_and_a_scrape_that_never_waits_for_hardware():
         with pytest.raises(urllib.error.HTTPError) as missing:
             scrape(exporter.url, "/nope")
         assert missing.value.code == 404
-        request = urllib.request.Request(exporter.url + "/metrics", headers={"Accept-Encoding": "gzip"})
+        request = urllib.request.Request(
+            exporter.url + "/metrics", headers={"Accept-Encoding": "gzip"}
+        )
         with urllib.request.urlopen(request, timeout=5) as response:
             assert response.headers["Content-Encoding"] == "gzip"
     finally:
@@ -206,11 +276,17 @@ def test_http_endpoints_and_a_scrape_that_never_waits_for_hardware():
 def test_promtool_check_metrics_is_clean():
     promtool = shutil.which("promtool")
     if promtool is None:
-        pytest.fail("promtool is not installed: run `make test`, which installs Debian's prometheus")
+        pytest.fail(
+            "promtool is not installed: run `make test`, which installs Debian's prometheus"
+        )
     gpus = fleet()
-    exporter = Exporter(ScriptedSource(gpus), "n", static_attribution(fleet_attribution(gpus)), dcgm_compat=False)
+    exporter = Exporter(
+        ScriptedSource(gpus), "n", static_attribution(fleet_attribution(gpus)), dcgm_compat=False
+    )
     text = collect_text(exporter)
-    result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
+    result = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True
+    )
     assert result.returncode == 0 and result.stdout.strip() == "" and result.stderr.strip() == "", (
         result.stdout + result.stderr
     )

@@ -13,8 +13,9 @@ def snap(t, *gpus):
     return DeviceSnapshot(timestamp=t, monotonic=t, source="nvml", gpus=gpus)
 
 
-def run(integrator, readings, attribution=Attribution()):
+def run(integrator, readings, attribution=None):
     totals = None
+    attribution = attribution or Attribution()
     for t, gpu in readings:
         s = snap(t, gpu)
         totals = integrator.update(s, split_by_pod(s.gpus, attribution))
@@ -33,14 +34,22 @@ def test_busy_seconds_is_the_integral_of_utilization():
 
 def test_uneven_sample_periods_are_weighted_by_their_length():
     integrator = UsageIntegrator()
-    readings = [(0.0, h100(0, utilization=1.0)), (0.5, h100(0, utilization=1.0)), (3.0, h100(0, utilization=0.2))]
+    readings = [
+        (0.0, h100(0, utilization=1.0)),
+        (0.5, h100(0, utilization=1.0)),
+        (3.0, h100(0, utilization=0.2)),
+    ]
     totals = run(integrator, readings)
     assert totals.gpus[h100(0).uuid].busy_seconds == pytest.approx(0.5 * 1.0 + 2.5 * 0.2)
 
 
 def test_a_gap_longer_than_max_gap_is_not_credited():
     integrator = UsageIntegrator(max_gap_s=10)
-    readings = [(0.0, h100(0, utilization=1.0)), (1.0, h100(0, utilization=1.0)), (100.0, h100(0, utilization=1.0))]
+    readings = [
+        (0.0, h100(0, utilization=1.0)),
+        (1.0, h100(0, utilization=1.0)),
+        (100.0, h100(0, utilization=1.0)),
+    ]
     totals = run(integrator, readings)
     assert totals.gpus[h100(0).uuid].busy_seconds == pytest.approx(1.0)
     assert totals.gpus[h100(0).uuid].sampled_seconds == pytest.approx(1.0)
@@ -50,8 +59,14 @@ def test_pod_counters_follow_the_pod_and_vanish_with_it():
     integrator = UsageIntegrator()
     gpu = h100(0, utilization=0.5, memory_used_bytes=2 * GIB, energy_joules=100.0)
     held = Attribution(devices=assign(gpu.uuid, pod("a")))
-    totals = run(integrator, [(0.0, gpu), (1.0, h100(0, utilization=0.5, memory_used_bytes=2 * GIB,
-                                                          energy_joules=150.0))], held)
+    totals = run(
+        integrator,
+        [
+            (0.0, gpu),
+            (1.0, h100(0, utilization=0.5, memory_used_bytes=2 * GIB, energy_joules=150.0)),
+        ],
+        held,
+    )
     (key, pod_totals) = next(iter(totals.pods.items()))
     assert key.pod == "a"
     assert pod_totals.allocated_seconds == pytest.approx(1.0)
@@ -65,8 +80,11 @@ def test_pod_counters_follow_the_pod_and_vanish_with_it():
 def test_energy_counter_reset_is_not_negative_usage():
     integrator = UsageIntegrator()
     held = Attribution(devices=assign(h100(0).uuid, pod("a")))
-    readings = [(0.0, h100(0, energy_joules=500.0)), (1.0, h100(0, energy_joules=10.0)),
-                (2.0, h100(0, energy_joules=30.0))]
+    readings = [
+        (0.0, h100(0, energy_joules=500.0)),
+        (1.0, h100(0, energy_joules=10.0)),
+        (2.0, h100(0, energy_joules=30.0)),
+    ]
     totals = run(integrator, readings, held)
     assert next(iter(totals.pods.values())).energy_joules == pytest.approx(20.0)
 

@@ -53,7 +53,9 @@ def test_time_sliced_gpu_split_by_sm_samples_and_process_memory():
 
 def test_shared_gpu_without_samples_splits_busy_time_equally():
     gpu = h100(2, utilization=0.6)
-    attribution = Attribution(devices=assign(gpu.uuid, pod("a"), pod("b"), resource="nvidia.com/gpu.shared"))
+    attribution = Attribution(
+        devices=assign(gpu.uuid, pod("a"), pod("b"), resource="nvidia.com/gpu.shared")
+    )
     usages = split_by_pod((gpu,), attribution)
     assert [u.utilization for u in usages] == pytest.approx([0.3, 0.3])
 

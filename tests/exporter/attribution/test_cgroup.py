@@ -158,7 +158,9 @@ def test_unreadable_entry_is_none_and_counted(tmp_path: Path) -> None:
 
 def test_counter_is_optional(tmp_path: Path) -> None:
     assert pod_of_pid(12345, str(tmp_path)) is None
-    write_cgroup(tmp_path, 9, f"0::/kubepods.slice/kubepods-pod{UID_}.slice/cri-containerd-{CID}.scope\n")
+    write_cgroup(
+        tmp_path, 9, f"0::/kubepods.slice/kubepods-pod{UID_}.slice/cri-containerd-{CID}.scope\n"
+    )
     assert pod_of_pid(9, str(tmp_path)) == CgroupIdentity(UID, CID)
 
 

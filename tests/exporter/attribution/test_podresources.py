@@ -53,9 +53,13 @@ def test_whole_gpus_mig_and_shared_replicas(kubelet: FakeKubelet) -> None:
             pod_resources("infer-0", "team-a", {"server": {"nvidia.com/mig-1g.10gb": [MIG]}}),
             # time-sliced: two replicas of GPU1 to one container, one to another
             pod_resources(
-                "notebook-0", "team-b", {"lab": {"nvidia.com/gpu.shared": [f"{GPU1}::0", f"{GPU1}::3"]}}
+                "notebook-0",
+                "team-b",
+                {"lab": {"nvidia.com/gpu.shared": [f"{GPU1}::0", f"{GPU1}::3"]}},
             ),
-            pod_resources("notebook-1", "team-b", {"lab": {"nvidia.com/gpu.shared": [f"{GPU1}::1"]}}),
+            pod_resources(
+                "notebook-1", "team-b", {"lab": {"nvidia.com/gpu.shared": [f"{GPU1}::1"]}}
+            ),
             # a sidecar without devices and a CPU-pinned container: no assignments
             pod_resources("trainer-1", "team-a", {"sidecar": {}, "main": {"cpu": ["3"]}}),
         ]

@@ -39,8 +39,18 @@ def wait_until(condition: Callable[[], object], timeout_s: float = 10.0) -> None
 @pytest.fixture
 def api() -> Iterator[FakeKubeApiServer]:
     with FakeKubeApiServer() as server:
-        server.add(make_pod("trainer-0", "team-a", node=NODE, uid=UID_A, containers={"trainer": cid("a"), "sidecar": cid("b")}))
-        server.add(make_pod("elsewhere", "team-a", node=OTHER, uid=UID_B, containers={"x": cid("c")}))
+        server.add(
+            make_pod(
+                "trainer-0",
+                "team-a",
+                node=NODE,
+                uid=UID_A,
+                containers={"trainer": cid("a"), "sidecar": cid("b")},
+            )
+        )
+        server.add(
+            make_pod("elsewhere", "team-a", node=OTHER, uid=UID_B, containers={"x": cid("c")})
+        )
         yield server
 
 
@@ -69,7 +79,11 @@ def test_lists_only_this_nodes_pods(watch: PodWatch, api: FakeKubeApiServer) -> 
 
 
 def test_added_modified_deleted(watch: PodWatch, api: FakeKubeApiServer) -> None:
-    api.add(make_pod("trainer-1", "team-b", node=NODE, uid=UID_C, containers={"w": cid("d")}, runtime="cri-o"))
+    api.add(
+        make_pod(
+            "trainer-1", "team-b", node=NODE, uid=UID_C, containers={"w": cid("d")}, runtime="cri-o"
+        )
+    )
     wait_until(lambda: watch.container_name(cid("d")) == "w")
     assert watch.pod(UID_C).namespace == "team-b"
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
-import grpc_tools
 
 from exporter.attribution.proto import api_pb2
 
@@ -30,7 +30,7 @@ def test_committed_generated_code_is_current(tmp_path: Path) -> None:
         committed = (PROTO_DIR / name).read_bytes()
         assert fresh == committed, (
             f"exporter/attribution/proto/{name} is not what scripts/gen_proto.sh generates "
-            f"from api.proto with the installed grpcio-tools ({grpc_tools.__file__}); "
+            f"from api.proto with the installed grpcio-tools {version('grpcio-tools')}; "
             "run scripts/gen_proto.sh and commit the result"
         )
 

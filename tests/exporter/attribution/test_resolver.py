@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from exporter.attribution import DeviceAssignment, PodRef
+from exporter.attribution import resolver as resolver_module
 from exporter.attribution.cgroup import VANISHED
 from exporter.attribution.podresources import PodResourcesClient
 from exporter.attribution.podwatch import PodWatch
@@ -89,10 +90,25 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     pod_process(proc, 105, UID_TRAIN, cid("e"))  # a container the API has no status for
     with FakeKubelet(folder, delay_s=3.0) as kubelet, FakeKubeApiServer() as api:
         kubelet.set_pods(KUBELET_PODS)
-        api.add(make_pod("trainer-0", "team-a", node=NODE, uid=UID_TRAIN, containers={"trainer": cid("a")}))
-        api.add(make_pod("nb-0", "team-b", node=NODE, uid=UID_NB0, containers={"lab": cid("b")}, runtime="cri-o"))
+        api.add(
+            make_pod(
+                "trainer-0", "team-a", node=NODE, uid=UID_TRAIN, containers={"trainer": cid("a")}
+            )
+        )
+        api.add(
+            make_pod(
+                "nb-0",
+                "team-b",
+                node=NODE,
+                uid=UID_NB0,
+                containers={"lab": cid("b")},
+                runtime="cri-o",
+            )
+        )
         api.add(make_pod("nb-1", "team-b", node=NODE, uid=UID_NB1, containers={"lab": cid("c")}))
-        watch = PodWatch(api.api_client(), NODE, watch_timeout_s=1, backoff_initial_s=0.05, backoff_max_s=0.2)
+        watch = PodWatch(
+            api.api_client(), NODE, watch_timeout_s=1, backoff_initial_s=0.05, backoff_max_s=0.2
+        )
         watch.start()
         assert watch.wait_synced(10)
         try:
@@ -111,11 +127,17 @@ def test_end_to_end(cluster: Cluster) -> None:
     assert result.devices == {
         GPU0: (DeviceAssignment("nvidia.com/gpu", GPU0, trainer),),
         GPU1: (
-            DeviceAssignment("nvidia.com/gpu.shared", GPU1, PodRef("team-b", "nb-0", "lab", UID_NB0)),
-            DeviceAssignment("nvidia.com/gpu.shared", GPU1, PodRef("team-b", "nb-1", "lab", UID_NB1)),
+            DeviceAssignment(
+                "nvidia.com/gpu.shared", GPU1, PodRef("team-b", "nb-0", "lab", UID_NB0)
+            ),
+            DeviceAssignment(
+                "nvidia.com/gpu.shared", GPU1, PodRef("team-b", "nb-1", "lab", UID_NB1)
+            ),
         ),
         # the API server does not know infer-0: the kubelet's view stands, without a UID
-        MIG: (DeviceAssignment("nvidia.com/mig-1g.10gb", MIG, PodRef("team-c", "infer-0", "server")),),
+        MIG: (
+            DeviceAssignment("nvidia.com/mig-1g.10gb", MIG, PodRef("team-c", "infer-0", "server")),
+        ),
     }
     assert result.processes == {
         100: trainer,
@@ -136,7 +158,9 @@ def test_pod_watch_catches_up_with_a_new_pod(cluster: Cluster) -> None:
     resolver = cluster.resolver()
     assert 104 not in resolver.resolve([104]).processes
 
-    cluster.api.add(make_pod("late-0", "team-d", node=NODE, uid=UID_NEW, containers={"main": cid("d")}))
+    cluster.api.add(
+        make_pod("late-0", "team-d", node=NODE, uid=UID_NEW, containers={"main": cid("d")})
+    )
     wait_until(lambda: cluster.watch.pod(UID_NEW) is not None)
 
     assert resolver.resolve([104]).processes == {104: PodRef("team-d", "late-0", "main", UID_NEW)}
@@ -241,9 +265,20 @@ def test_never_raises(tmp_path: Path) -> None:
 
     assert result.devices == {} and result.processes == {}
     assert result.stale == {"kubelet": True, "apiserver": True}
-    assert resolver.errors[("kubelet", UNEXPECTED)] == 1
-    assert resolver.errors[("cgroup", UNEXPECTED)] == 1
-    assert resolver.errors[("apiserver", UNEXPECTED)] == 1
+    # the lookup of pid 100's pod and the pod watch's age both failed
+    assert resolver.errors == {("kubelet", UNEXPECTED): 1, ("apiserver", UNEXPECTED): 2}
+
+
+def test_a_cgroup_reader_bug_is_counted_not_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object) -> None:
+        raise TypeError("bug")
+
+    monkeypatch.setattr(resolver_module, "pod_of_pid", broken)
+    resolver = AttributionResolver(None, Exploding(), str(tmp_path), FakeClock())
+    assert resolver.resolve([1, 2]).processes == {}
+    assert resolver.errors[("cgroup", UNEXPECTED)] == 2
 
 
 def test_without_sources(tmp_path: Path) -> None:

@@ -101,6 +101,14 @@ def test_identity_is_plainly_simulated() -> None:
     assert len({g.uuid for g in snapshot.gpus}) == 8
 
 
+def test_node_name_override_gives_another_fleet() -> None:
+    clock = Clock()
+    a = SimulatedSource("default", clock=clock, wall_clock=clock.wall)
+    b = SimulatedSource("default", clock=clock, wall_clock=clock.wall, node="sim-gpu-node-1")
+    assert (a.scenario.node, b.scenario.node) == ("sim-gpu-node-0", "sim-gpu-node-1")
+    assert a.uuid(0) != b.uuid(0)
+
+
 def test_same_seed_and_times_give_the_same_snapshots() -> None:
     steps = [0, 1, 1, 2.5, 300, 0.5, 700]
     first = run(*make(seed=3), steps)
@@ -481,9 +489,9 @@ def test_follow_file_applies_phases_from_their_start_time(tmp_path: Path) -> Non
     assert source.current_phase == "hot"
     # The timeline says "cold" started 2 s ago; a half-written line waits.
     with timeline.open("w") as f:
-        f.write(json.dumps({"event": "phase_start", "phase": "cold", "time": clock.wall() - 2}))
-        f.write("\n")
-        f.write('{"event": "phase_end", "pha')
+        record = {"type": "phase_start", "phase": "cold", "start": clock.wall() - 2, "rank": 0}
+        f.write(json.dumps(record) + "\n")
+        f.write('{"type": "phase_end", "rank": 0, "pha')
     gpu = source.sample().gpus[0]
     assert source.current_phase == "cold"
     # 3 s hot at 500 W, then 2 s cold at 100 W: applied from when it started.
@@ -502,7 +510,8 @@ def test_a_start_before_the_last_sample_applies_from_that_sample(tmp_path: Path)
     start = source.sample().gpus[0].energy_joules
     clock.t += 4
     source.sample()
-    timeline.write_text(json.dumps({"event": "phase_start", "phase": "cold", "time": 0}) + "\n")
+    record = {"type": "phase_start", "phase": "cold", "start": 0, "rank": 0}
+    timeline.write_text(json.dumps(record) + "\n")
     clock.t += 1
     gpu = source.sample().gpus[0]
     # Time already reported is not rewritten: 4 s hot, then 1 s cold.
@@ -513,24 +522,47 @@ def test_timeline_follower_reads_starts_and_ends(tmp_path: Path) -> None:
     timeline = tmp_path / "t.jsonl"
     follower = TimelineFollower(timeline)
     assert follower() is None
-    timeline.write_text(
-        "\n".join(
-            [
-                json.dumps({"event": "run_start"}),
-                "not json",
-                json.dumps({"event": "phase_start", "phase": "warmup", "time": 5.0}),
-                json.dumps({"event": "phase_end", "phase": "warmup"}),
-                json.dumps({"event": "phase_start", "phase": "train", "time": 9.5}),
-            ]
-        )
-        + "\n"
-    )
+    records = [
+        {"type": "run_start", "rank": 0},
+        "not json",
+        {"type": "phase_start", "phase": "warmup", "start": 5.0, "rank": 0},
+        {"type": "step", "phase": "warmup", "rank": 0},
+        {"type": "phase_end", "phase": "warmup", "rank": 0},
+        {"type": "phase_start", "phase": "train", "start": 9.5, "rank": 0},
+    ]
+    lines = [r if isinstance(r, str) else json.dumps(r) for r in records]
+    timeline.write_text("\n".join(lines) + "\n")
     assert follower() == ("train", 9.5)
     with timeline.open("a") as f:
-        f.write(json.dumps({"event": "phase_end", "phase": "train"}) + "\n")
+        f.write(json.dumps({"type": "phase_end", "phase": "train", "rank": 0}) + "\n")
     assert follower() is None
-    timeline.write_text(json.dumps({"event": "phase_start", "phase": "idle"}) + "\n")
+    timeline.write_text(json.dumps({"type": "phase_start", "phase": "idle"}) + "\n")
     assert follower() == ("idle", None)  # a replaced file is read from its start
+
+
+def test_timeline_follower_can_follow_one_rank(tmp_path: Path) -> None:
+    timeline = tmp_path / "t.jsonl"
+    records = [
+        {"type": "phase_start", "phase": "train", "start": 1.0, "rank": 0},
+        {"type": "phase_start", "phase": "train", "start": 1.1, "rank": 1},
+        {"type": "phase_end", "phase": "train", "rank": 1},
+    ]
+    timeline.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert TimelineFollower(timeline, rank=0)() == ("train", 1.0)
+    assert TimelineFollower(timeline)() is None  # any rank's end ends it
+
+
+def test_loadgen_timeline_writer_drives_the_source(tmp_path: Path) -> None:
+    from loadgen.timeline import TimelineWriter
+
+    timeline = tmp_path / "timeline.jsonl"
+    source, clock = make()
+    source.follow_file(timeline)
+    writer = TimelineWriter(timeline, rank=0, job="calib")
+    writer.write("phase_start", phase="faults", kind="compute", index=0, start=clock.wall())
+    writer.close()
+    run(source, clock, [1])
+    assert source.current_phase == "faults"
 
 
 def test_close_stops_following() -> None:
