@@ -110,6 +110,7 @@ class PodWatch:
         self._errors: Counter[str] = Counter()
         self._stale = True  # nothing known until the first list
         self._in_outage = False
+        self._connected = False  # a watch connection is open
         self._last_good: float | None = None
         self._lists = 0
         self._synced = threading.Event()
@@ -179,10 +180,12 @@ class PodWatch:
             return self._stale
 
     def age_seconds(self) -> float:
-        """Seconds since the last successful list, watch event or clean watch end
-        (inf before the first list)."""
+        """0 while a watch is connected; else seconds since the last successful list,
+        watch event or watch end; inf before the first list."""
         with self._lock:
-            last = self._last_good
+            last, connected = self._last_good, self._connected
+        if connected:
+            return 0.0
         return math.inf if last is None else max(0.0, self._clock() - last)
 
     @property
@@ -261,25 +264,38 @@ class PodWatch:
         self._watch = stream
         if self._stopping.is_set():
             return resource_version
-        for event in stream.stream(
-            self._list_untyped,
-            field_selector=self._selector,
-            resource_version=resource_version or None,
-            timeout_seconds=self._watch_timeout_s,
-            allow_watch_bookmarks=True,
-            _request_timeout=(self._request_timeout_s, self._watch_timeout_s + 30),
-        ):
-            resource_version = self._apply(event) or resource_version
-        self._watch = None
+        try:
+            for event in stream.stream(
+                self._open_watch,
+                field_selector=self._selector,
+                resource_version=resource_version or None,
+                timeout_seconds=self._watch_timeout_s,
+                allow_watch_bookmarks=True,
+                _request_timeout=(self._request_timeout_s, self._watch_timeout_s + 30),
+            ):
+                resource_version = self._apply(event) or resource_version
+        finally:
+            self._watch = None
+            with self._lock:
+                if self._connected:
+                    # We were current up to the moment the connection ended.
+                    self._last_good = self._clock()
+                self._connected = False
         with self._lock:
             self._mark_good()
         # An empty resourceVersion would make the next watch replay everything: relist.
         return resource_version or None
 
-    def _list_untyped(self, **kwargs):
+    def _open_watch(self, **kwargs):
         # Deliberately no return annotation or docstring: watch.Watch then finds no
-        # model type and hands us each event's object as raw JSON.
-        return self._api.list_pod_for_all_namespaces(**kwargs)
+        # model type and hands us each event's object as raw JSON. The client raises
+        # on a non-2xx answer, so returning means the watch is connected: our pods
+        # are current until it ends, however quiet the node.
+        response = self._api.list_pod_for_all_namespaces(**kwargs)
+        with self._lock:
+            self._connected = True
+            self._mark_good()
+        return response
 
     def _apply(self, event: Mapping[str, Any]) -> str | None:
         kind = event["type"]

@@ -117,7 +117,11 @@ class AttributionResolver:
             age[KUBELET] = self._age(self._kubelet_good_at)
         processes: dict[int, PodRef] = {}
         if self._pods is not None:
-            processes = self._processes(pids)
+            try:
+                processes = self._processes(pids)
+            except Exception:  # e.g. a pid that is not an int
+                log.exception("attributing processes failed unexpectedly")
+                self._count(CGROUP, UNEXPECTED)
             try:
                 stale[APISERVER] = bool(self._pods.stale)
                 age[APISERVER] = float(self._pods.age_seconds())

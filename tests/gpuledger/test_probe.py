@@ -27,7 +27,9 @@ ORIGINALS = {name: getattr(dist, name) for name in probe._TARGETS if hasattr(dis
 
 @pytest.fixture
 def gloo(tmp_path):
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
     yield
     dist.destroy_process_group()
 

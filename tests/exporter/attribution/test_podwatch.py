@@ -24,6 +24,14 @@ UID_C = "33333333-3333-4333-8333-333333333333"
 UID_D = "44444444-4444-4444-8444-444444444444"
 
 
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def cid(char: str) -> str:
     return char * 64
 
@@ -200,3 +208,21 @@ def test_pod_json_without_identity_is_ignored() -> None:
     waiting = make_pod("p", "ns", uid=UID_A, containers={"init": ""})  # not started yet
     info = pod_info_from_json(waiting)
     assert info is not None and info.containers == {}
+
+
+def test_age_is_zero_while_watching_and_grows_while_down(api: FakeKubeApiServer) -> None:
+    clock = FakeClock()
+    pod_watch = PodWatch(
+        api.api_client(), NODE, clock=clock, backoff_initial_s=0.05, backoff_max_s=0.1
+    ).start()
+    try:
+        assert pod_watch.wait_synced(10)
+        clock.now += 600  # a quiet node: no events for ten minutes
+        wait_until(lambda: pod_watch.age_seconds() == 0.0)  # connected: still current
+
+        api.stop()
+        wait_until(lambda: pod_watch.stale)
+        clock.now += 42
+        assert pod_watch.age_seconds() == 42.0
+    finally:
+        pod_watch.stop()

@@ -8,7 +8,6 @@ import sys
 from importlib.metadata import version
 from pathlib import Path
 
-
 from exporter.attribution.proto import api_pb2
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -280,6 +280,13 @@ def test_a_cgroup_reader_bug_is_counted_not_raised(
     assert resolver.resolve([1, 2]).processes == {}
     assert resolver.errors[("cgroup", UNEXPECTED)] == 2
 
+    def broken_pids() -> Iterator[int]:
+        yield 1
+        raise OSError("listing processes failed")
+
+    assert resolver.resolve(broken_pids()).processes == {}
+    assert resolver.errors[("cgroup", UNEXPECTED)] == 4
+
 
 def test_without_sources(tmp_path: Path) -> None:
     pod_process(tmp_path, 100, UID_TRAIN, cid("a"))
