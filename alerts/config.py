@@ -110,7 +110,8 @@ class RulesConfig:
     # StatefulSets (`name-3`). The prefix becomes the `workload` label. label_replace
     # anchors the expression at both ends.
     workload_label: str = "workload"
-    workload_from_pod_regex: str = "(.+?)(-(master|worker|launcher))?(-[0-9]+)+(-[a-z0-9]{5})?"
+    # What follows the workload's name in a pod's name (a role, indices, a random suffix).
+    workload_pod_suffix_regex: str = "(-(master|worker|launcher))?(-[0-9]+)+(-[a-z0-9]{5})?"
     # The load generator labels its step time by `job`; Prometheus renames a scraped
     # `job` label to `exported_job` (unless honor_labels is set on the scrape).
     step_time_job_label: str = "exported_job"
@@ -197,6 +198,15 @@ class RulesConfig:
     def __post_init__(self) -> None:
         validate(self)
 
+    @property
+    def workload_from_pod_regex(self) -> str:
+        """Regex whose first group is the workload, for label_replace on `pod`."""
+        return f"(.+?){self.workload_pod_suffix_regex}"
+
+    def pods_of_workload_regex(self, workload: str) -> str:
+        """Regex matching the pods of `workload` (a name, or a Grafana variable)."""
+        return f"{workload}{self.workload_pod_suffix_regex}"
+
     def replace(self, **changes: Any) -> RulesConfig:
         return dataclasses.replace(self, **changes)
 
@@ -225,7 +235,7 @@ def validate(config: RulesConfig) -> None:
     try:
         re.compile(config.workload_from_pod_regex)
     except re.error as error:
-        raise ConfigError(f"workload_from_pod_regex: not a regular expression: {error}") from None
+        raise ConfigError(f"workload_pod_suffix_regex: not a regular expression: {error}") from None
     for name in ("cluster_label", "workload_label", "step_time_job_label"):
         if not re.match(r"^[a-zA-Z_][a-zA-Z0-9_]*$", getattr(config, name)):
             raise ConfigError(f"{name}: {getattr(config, name)!r} is not a Prometheus label name")

@@ -46,7 +46,7 @@ def _base(name: str) -> str:
     return name.removesuffix("_total")
 
 
-class _Names:
+class RecordingNames:
     """Recording-rule names for one configuration (the rate window is part of them)."""
 
     def __init__(self, config: RulesConfig) -> None:
@@ -55,7 +55,7 @@ class _Names:
         memory = _base(c.POD_GPU_MEMORY_BYTE_SECONDS.name)
         energy = _base(c.POD_GPU_ENERGY.name)
         gpu_busy = _base(c.GPU_BUSY_SECONDS.name)
-        algbw = "gpuledger_collective_algorithm_bandwidth_bytes_per_second"
+        busbw = c.COLLECTIVE_BUSBW.name
         self.pod_device_allocated = f"namespace_pod_gpu:{alloc}:{rate}"
         self.pod_device_busy = f"namespace_pod_gpu:{busy}:{rate}"
         self.pod_device_busy_ratio = f"namespace_pod_gpu:gpuledger_pod_gpu_busy:ratio_{rate}"
@@ -94,8 +94,8 @@ class _Names:
         self.pod_collective_bytes = (
             f"namespace_pod_operation:{_base(c.COLLECTIVE_BYTES.name)}:{rate}"
         )
-        self.pod_algbw = f"namespace_workload_pod_operation:{algbw}:{rate}"
-        self.workload_algbw = f"namespace_workload_operation:{algbw}:{rate}"
+        self.pod_busbw = f"namespace_workload_pod_operation:{busbw}:{rate}"
+        self.workload_busbw = f"namespace_workload_operation:{busbw}:{rate}"
 
 
 def recording_names(config: RulesConfig | None = None) -> set[str]:
@@ -104,7 +104,7 @@ def recording_names(config: RulesConfig | None = None) -> set[str]:
 
 
 def recording_groups(config: RulesConfig) -> list[dict[str, Any]]:
-    n = _Names(config)
+    n = RecordingNames(config)
     cl = config.cluster_label
     sel = selector(config.exporter_selector)
     w = config.rate_window
@@ -172,26 +172,25 @@ def recording_groups(config: RulesConfig) -> list[dict[str, Any]]:
         f'"{config.workload_label}", "$1", "pod", "{_escape(config.workload_from_pod_regex)}"'
     )
     collective_by = f"{cl}, namespace, pod, node, operation"
+    by_workload = f"{cl}, namespace, {config.workload_label}, operation"
     collectives = [
         record(
             n.pod_collective_bytes,
             f"sum by ({collective_by}) (rate({c.COLLECTIVE_BYTES.name}{sel}[{w}]))",
         ),
-        # Bytes per second of collective time, from the counters. Its ratio to a peer's,
-        # or to its own past, equals that of bus bandwidth (the nccl-tests factor depends
-        # only on the operation and the world size, which a workload shares).
+        # Bus bandwidth from the counters (bus bytes per second of collective time), as
+        # nccl-tests defines it; exact whatever the probe's report and scrape intervals.
         record(
-            n.pod_algbw,
-            f"label_replace({n.pod_collective_bytes}"
+            n.pod_busbw,
+            f"label_replace(sum by ({collective_by}) (rate({c.COLLECTIVE_BUS_BYTES.name}{sel}[{w}]))"
             f" / (sum by ({collective_by}) (rate({c.COLLECTIVE_SECONDS.name}{sel}[{w}])) > 0),"
             f" {workload})",
         ),
         record(
-            n.workload_algbw,
-            f"sum by ({cl}, namespace, {config.workload_label}, operation)"
-            f" (label_replace({n.pod_collective_bytes}, {workload}))"
-            f" / (sum by ({cl}, namespace, {config.workload_label}, operation)"
-            f" (label_replace(sum by ({collective_by})"
+            n.workload_busbw,
+            f"sum by ({by_workload}) (label_replace(sum by ({collective_by})"
+            f" (rate({c.COLLECTIVE_BUS_BYTES.name}{sel}[{w}])), {workload}))"
+            f" / (sum by ({by_workload}) (label_replace(sum by ({collective_by})"
             f" (rate({c.COLLECTIVE_SECONDS.name}{sel}[{w}])), {workload})) > 0)",
         ),
     ]
@@ -224,7 +223,7 @@ def _pods_on_gpu(config: RulesConfig) -> str:
 
 
 def alerts(config: RulesConfig) -> list[Alert]:
-    n = _Names(config)
+    n = RecordingNames(config)
     cl = config.cluster_label
     sel = config.exporter_selector
     s = selector(sel)
@@ -359,13 +358,13 @@ def alerts(config: RulesConfig) -> list[Alert]:
 
     wl = config.workload_label
     baseline = (
-        f"avg_over_time({n.workload_algbw}[{config.bandwidth_baseline_window}]"
+        f"avg_over_time({n.workload_busbw}[{config.bandwidth_baseline_window}]"
         f" offset {config.bandwidth_baseline_offset})"
     )
     result.append(
         Alert(
             "GpuledgerCollectiveBandwidthDrop",
-            f"{n.workload_algbw} / {baseline} < {1 - config.bandwidth_drop_ratio:g}",
+            f"{n.workload_busbw} / {baseline} < {1 - config.bandwidth_drop_ratio:g}",
             "warning",
             WORKLOAD,
             f"{{{{ $labels.namespace }}}}/{{{{ $labels.{wl} }}}} {{{{ $labels.operation }}}} "
@@ -379,11 +378,11 @@ def alerts(config: RulesConfig) -> list[Alert]:
     )
 
     group_by = f"{cl}, namespace, {wl}, operation"
-    median = f"quantile by ({group_by}) (0.5, {n.pod_algbw})"
+    median = f"quantile by ({group_by}) (0.5, {n.pod_busbw})"
     result.append(
         Alert(
             "GpuledgerCollectiveStraggler",
-            _straggler_expr(n.pod_algbw, median, group_by, config),
+            _straggler_expr(n.pod_busbw, median, group_by, config),
             "warning",
             WORKLOAD,
             f"{{{{ $labels.namespace }}}}/{{{{ $labels.pod }}}} straggles in "

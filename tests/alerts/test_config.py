@@ -85,7 +85,7 @@ def test_xid_groups_override() -> None:
         ({"straggler_min_ranks": 2}, "straggler_min_ranks: 2 is too small"),
         ({"straggler_min_ranks": 3.5}, "straggler_min_ranks: expected a int"),
         ({"thermal_reasons": "hw_thermal_slowdown"}, "thermal_reasons: expected a list of strings"),
-        ({"workload_from_pod_regex": "(unclosed"}, "workload_from_pod_regex: not a regular"),
+        ({"workload_pod_suffix_regex": "(unclosed"}, "workload_pod_suffix_regex: not a regular"),
         ({"cluster_label": "my-cluster"}, "cluster_label: 'my-cluster' is not a Prometheus label"),
         ({"collection_stale_seconds": 0}, "collection_stale_seconds must be positive"),
         ({"xid_groups": {"name": "X"}}, "xid_groups: expected a list"),
