@@ -301,7 +301,9 @@ class Ingestor:
                 pod=pod,
                 first_seen=seen[key][0],
                 last_seen=seen[key][1] + HOUR,
-                observed_at=end,
+                # As of the pod's last hour in the chunk: the same whatever the chunking,
+                # so a resumed run merges to the same ledger as an uninterrupted one.
+                observed_at=seen[key][1] + HOUR,
                 node=nodes_of[key],
                 labels=labels.get(key, {}),
                 gpu_request=requests.get(key),
@@ -327,8 +329,8 @@ class Ingestor:
             return
         finally:
             self._kube_seconds += time.monotonic() - started
-        if found.pod_labels is None and not found.chain:
-            return  # the API knows nothing more than kube-state-metrics
+        if found.pod_labels is None and not found.owners_read:
+            return  # the pod and its owner are gone: kube-state-metrics knew more
         if found.pod_labels:
             record["labels"] = found.pod_labels
         if found.uid:

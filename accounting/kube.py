@@ -17,10 +17,10 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import kubernetes
-from kubernetes.client.exceptions import ApiException
+if TYPE_CHECKING:  # the client is imported only when the API is used
+    import kubernetes
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,7 @@ class Resolution:
     queue: str = ""
     cluster_queue: str = ""
     cohort: str = ""
+    owners_read: int = 0  # objects of the chain the API returned (not just named)
 
     @property
     def job(self) -> ObjectRef | None:
@@ -121,6 +122,8 @@ class OwnerResolver:
     """Resolves pods' owner chains, Kueue queues and cohorts through the API."""
 
     def __init__(self, api_client: kubernetes.client.ApiClient) -> None:
+        import kubernetes
+
         self.api_client = api_client
         self.core = kubernetes.client.CoreV1Api(api_client)
         self.custom = kubernetes.client.CustomObjectsApi(api_client)
@@ -157,6 +160,7 @@ class OwnerResolver:
                 ObjectRef(ref.kind, ref.name, api_version, meta.get("uid", ref.uid))
             )
             objects.append(obj)
+            resolution.owners_read += 1
             ref = _controller(meta)
         if objects and len(objects) > (1 if pod_obj is not None else 0):
             top = objects[-1]
@@ -240,6 +244,8 @@ class OwnerResolver:
 
     def _call(self, what: str, fetch: Any) -> Any:
         """One API read: None when missing or forbidden; KubeUnavailable when down."""
+        from kubernetes.client.exceptions import ApiException
+
         if what in self._forbidden:
             return None
         self.lookups += 1
@@ -267,6 +273,8 @@ class OwnerResolver:
 def api_client_from_config(kubeconfig: str | None = None) -> kubernetes.client.ApiClient | None:
     """An ApiClient from the kubeconfig given, the in-cluster service account, or the
     default kubeconfig; None when none of them exists."""
+    import kubernetes
+
     if kubeconfig:
         client = kubernetes.config.new_client_from_config(config_file=kubeconfig)
     elif os.environ.get("KUBERNETES_SERVICE_HOST"):

@@ -96,6 +96,8 @@ pods = sa.Table(
     sa.Column("first_seen", sa.BigInteger, nullable=False),
     sa.Column("last_seen", sa.BigInteger, nullable=False),
     sa.Column("observed_at", sa.BigInteger, nullable=False),
+    # JSON: when each observed field (and the owner chain) was last observed.
+    sa.Column("field_times", sa.Text, nullable=False, default="{}"),
 )
 
 namespaces = sa.Table(
@@ -183,7 +185,7 @@ class PodMetadata:
     resolved_by: str = "none"
 
     def row(self) -> dict[str, Any]:
-        return {
+        row = {
             "namespace": self.namespace,
             "pod": self.pod,
             "uid": self.uid,
@@ -204,35 +206,42 @@ class PodMetadata:
             "last_seen": self.last_seen,
             "observed_at": self.observed_at,
         }
+        # A field is stamped only when this observation has it.
+        times = {f: self.observed_at if row[f] not in _EMPTY else 0 for f in _OBSERVED_FIELDS}
+        row["field_times"] = json.dumps(times | {"owner": self.observed_at}, sort_keys=True)
+        return row
 
 
 def merge_pod_rows(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
     """Combine two observations of a pod, whatever order they come in.
 
-    The seen range widens; labels and node follow the newer observation; the owner
-    chain follows the better resolution (API > kube-state-metrics > none), then the
-    newer observation. Being order-free makes a resumed or re-run ingestion end in
-    the same ledger as an uninterrupted one.
+    The seen range widens; each observed field (labels, node, uid, GPU request) follows
+    the newest observation that has it; the owner chain follows the best resolution
+    (API > kube-state-metrics > none), then the newest. Being order-free makes a
+    resumed or re-run ingestion end in the same ledger as an uninterrupted one.
     """
     if old is None:
         return dict(new)
     merged = dict(old)
     merged["first_seen"] = min(old["first_seen"], new["first_seen"])
     merged["last_seen"] = max(old["last_seen"], new["last_seen"])
-    newer = new["observed_at"] >= old["observed_at"]
-    for field in _OBSERVED_FIELDS:
+    merged["observed_at"] = max(old["observed_at"], new["observed_at"])
+    times_old, times_new = json.loads(old["field_times"]), json.loads(new["field_times"])
+    times = dict(times_old)
+    for name in _OBSERVED_FIELDS:
         # An observation that lacks a field (kube-state-metrics without a label
         # allowlist, a pod already gone from the API) does not erase what was seen.
-        if new[field] in _EMPTY:
+        if new[name] in _EMPTY:
             continue
-        if newer or old[field] in _EMPTY:
-            merged[field] = new[field]
-    rank_old = RESOLUTION_RANK.get(old["resolved_by"], 0)
-    rank_new = RESOLUTION_RANK.get(new["resolved_by"], 0)
-    if rank_new > rank_old or (rank_new == rank_old and newer):
-        for field in _OWNER_FIELDS:
-            merged[field] = new[field]
-    merged["observed_at"] = max(old["observed_at"], new["observed_at"])
+        if old[name] in _EMPTY or times_new[name] >= times_old[name]:
+            merged[name], times[name] = new[name], times_new[name]
+    rank_old = (RESOLUTION_RANK.get(old["resolved_by"], 0), times_old["owner"])
+    rank_new = (RESOLUTION_RANK.get(new["resolved_by"], 0), times_new["owner"])
+    if rank_new >= rank_old:
+        for name in _OWNER_FIELDS:
+            merged[name] = new[name]
+        times["owner"] = times_new["owner"]
+    merged["field_times"] = json.dumps(times, sort_keys=True)
     return merged
 
 

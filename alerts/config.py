@@ -112,7 +112,7 @@ class RulesConfig:
     workload_label: str = "workload"
     # What follows the workload's name in a pod's name (a role, indices, a random suffix).
     workload_pod_suffix_regex: str = "(-(master|worker|launcher))?(-[0-9]+)+(-[a-z0-9]{5})?"
-    # The load generator labels its step time by `job`; Prometheus renames a scraped
+    # The load generator labels its step times by `job`; Prometheus renames a scraped
     # `job` label to `exported_job` (unless honor_labels is set on the scrape).
     step_time_job_label: str = "exported_job"
 

@@ -397,8 +397,10 @@ def alerts(config: RulesConfig) -> list[Alert]:
     )
 
     job = config.step_time_job_label
+    # A rank's own work per step (not its wait for peers): in synchronous training every
+    # rank's whole step lasts as long as the slowest's, so only this tells them apart.
     steps = (
-        f"avg_over_time({c.LOADGEN_STEP_SECONDS.name}{selector(config.step_time_selector)}"
+        f"avg_over_time({c.LOADGEN_STEP_WORK_SECONDS.name}{selector(config.step_time_selector)}"
         f"[{config.rate_window}])"
     )
     step_group = f"{cl}, {job}, phase"
@@ -414,8 +416,8 @@ def alerts(config: RulesConfig) -> list[Alert]:
             f"Rank {{{{ $labels.rank }}}} of job {{{{ $labels.{job} }}}}"
             "{{ with $labels.pod }} (pod {{ $labels.namespace }}/{{ . }}"
             "{{ with $labels.node }} on node {{ . }}{{ end }}){{ end }}"
-            " takes steps {{ $value | humanizePercentage }} away from the median step "
-            "time of its job.",
+            " spends {{ $value | humanizePercentage }} more or less time on its own work per "
+            "step than the median rank of its job.",
             config.straggler_for,
         )
     )

@@ -519,6 +519,15 @@ LOADGEN_TOKENS = _define(
 LOADGEN_STEP_SECONDS = _define(
     "loadgen_step_seconds", G, "seconds", "Duration of the last step.", LOADGEN
 )
+LOADGEN_STEP_WORK_SECONDS = _define(
+    "loadgen_step_work_seconds",
+    G,
+    "seconds",
+    "Time of the last step this rank spent on its own work (compute, waiting for data, "
+    "injected slowness), not waiting for peers: in synchronous training every rank's step "
+    "takes as long as the slowest's, so this is where a straggler shows.",
+    LOADGEN,
+)
 LOADGEN_FLOPS = _define(
     "loadgen_achieved_flops", G, "flop/second", "Achieved model FLOP/s over the last step.", LOADGEN
 )
@@ -576,6 +585,82 @@ LOADGEN_PEAK_FLOPS = _define(
     "flop/second",
     "Peak the MFU is computed against: datasheet dense bf16 on GPUs, measured matmul on the CPU.",
     ("job", "rank"),
+)
+
+# ---------------------------------------------------------------- accounting (gpuledger accounting serve)
+# Cost from the ledger, per team and namespace; __idle__ and __unattributed__ are rows
+# (team = namespace = the row's name), so each family sums to the cluster's cost.
+ACCOUNTING_TEAM = ("team", "namespace")
+ACCOUNTING_MONTH_COST = _define(
+    "accounting_month_cost",
+    G,
+    "currency",
+    "Cost of the ledger's hours of the current UTC month so far, on the allocation or usage "
+    "basis (docs/cost-model.md), in the price book's currency.",
+    ACCOUNTING_TEAM + ("basis", "currency"),
+)
+ACCOUNTING_MONTH_WASTE_COST = _define(
+    "accounting_month_waste_cost",
+    G,
+    "currency",
+    "Cost of GPU time held but not busy in the current UTC month (idle_cost_in_allocation).",
+    ACCOUNTING_TEAM + ("currency",),
+)
+ACCOUNTING_MONTH_GPU_SECONDS = _define(
+    "accounting_month_gpu_seconds",
+    G,
+    "seconds",
+    "GPU-seconds held or busy (state) in the current UTC month, from the ledger.",
+    ACCOUNTING_TEAM + ("state",),
+)
+ACCOUNTING_LAST_HOUR_COST = _define(
+    "accounting_last_hour_cost",
+    G,
+    "currency",
+    "Cost (allocation basis) of the latest hour in the ledger: the cost rate per hour.",
+    ACCOUNTING_TEAM + ("currency",),
+)
+ACCOUNTING_LAST_HOUR = _define(
+    "accounting_ledger_last_hour_timestamp_seconds",
+    G,
+    "seconds",
+    "Unix time of the start of the latest hour in the ledger.",
+    (),
+)
+ACCOUNTING_MONTH_MISSING = _define(
+    "accounting_month_missing_seconds",
+    G,
+    "seconds",
+    "Time of the current UTC month, up to the last complete hour, that the ledger lacks.",
+    (),
+)
+ACCOUNTING_INGEST_RUNS = _define(
+    "accounting_ingest_runs_total",
+    C,
+    "runs",
+    "Scheduled ingestion runs, by result (success or error).",
+    ("result",),
+)
+ACCOUNTING_INGEST_LAST_SUCCESS = _define(
+    "accounting_ingest_last_success_timestamp_seconds",
+    G,
+    "seconds",
+    "Unix time the last successful ingestion run ended.",
+    (),
+)
+ACCOUNTING_INGEST_DURATION = _define(
+    "accounting_ingest_duration_seconds",
+    G,
+    "seconds",
+    "Time the last ingestion run took, by part: total, prometheus, kube, ledger, gpuledger.",
+    ("part",),
+)
+ACCOUNTING_API_REQUESTS = _define(
+    "accounting_api_requests_total",
+    C,
+    "requests",
+    "Requests to the accounting HTTP API, by handler and HTTP status code.",
+    ("handler", "code"),
 )
 
 

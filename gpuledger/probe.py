@@ -189,6 +189,11 @@ class _CudaTimer:
 
         work.get_future().then(on_done)
 
+    def release(self, event: Any) -> None:
+        """An event that will not be read: back to the pool."""
+        with self._lock:
+            self._pool.append(event)
+
     def _push(self, operation: str, nbytes: int, world_size: int, start: Any, end: Any) -> None:
         with self._lock:
             if len(self._pending) >= _MAX_PENDING_CUDA:
@@ -367,8 +372,6 @@ class Probe:
         if not dist.is_available():
             log.warning("probe: torch.distributed is not available; nothing to measure")
             return
-        if torch.cuda.is_available():
-            self._cuda = _CudaTimer(lambda: torch.cuda.Event(enable_timing=True), self._totals.add)
         c10d = dist.distributed_c10d
         for name, (operation, param, many, always_async) in _TARGETS.items():
             original = getattr(c10d, name, None)
@@ -391,11 +394,18 @@ class Probe:
         self.active = False
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=2 * self.interval_s + 1)
+            self._thread.join(timeout=5)  # woken by _stop; a send never blocks
         self._thread = None
         if self._cuda is not None:
             self._cuda.drain()
         self._reporter.send_final(_FINAL_FLUSH_TIMEOUT_S)
+
+    def _cuda_timer(self) -> _CudaTimer:
+        # Made at the first GPU collective, so that enable() never initialises CUDA.
+        if self._cuda is None:
+            cuda = self._torch.cuda
+            self._cuda = _CudaTimer(lambda: cuda.Event(enable_timing=True), self._totals.add)
+        return self._cuda
 
     def _start_thread(self) -> None:
         self._stop.clear()
@@ -470,15 +480,20 @@ class Probe:
                     )
                 else:
                     is_async = False
-                cuda = probe._cuda if first is not None and first.is_cuda else None
+                if world_size < 1:  # this rank is not in the group: nothing moves here
+                    return original(*args, **kwargs)
+                cuda = stream = start = None
+                if first is not None and first.is_cuda:
+                    cuda_api = probe._torch.cuda
+                    if cuda_api.is_current_stream_capturing():
+                        # Captured into a CUDA graph: it runs at replay, out of our sight.
+                        return original(*args, **kwargs)
+                    cuda = probe._cuda_timer()
+                    stream = cuda_api.current_stream(first.device)
+                    start = cuda.start(stream)
             except Exception:
-                probe._log_once(operation, f"probe: could not size a {operation} call")
+                probe._log_once(operation, f"probe: could not measure a {operation} call")
                 return original(*args, **kwargs)
-            if world_size < 1:  # this rank is not in the group: nothing moves here
-                return original(*args, **kwargs)
-
-            stream = probe._torch.cuda.current_stream(first.device) if cuda else None
-            start = cuda.start(stream) if cuda else None
             t0 = time.perf_counter()
             local.inside = True  # nested calls (all_gather_into_tensor -> ..._single) count once
             try:
@@ -507,9 +522,14 @@ class Probe:
         start: Any,
         stream: Any,
     ) -> None:
-        if not is_async or result is None:
-            # Synchronous, or async inside a coalescing batch (no Work to wait for):
-            # the time until the call returned is all there is to measure.
+        if is_async and result is None:
+            # Inside a coalescing batch (batch_isend_irecv): the batch's Work covers the
+            # transfer, this call has none. Its bytes count; its time cannot be told apart.
+            if cuda is not None:
+                cuda.release(start)
+            self._totals.add(operation, nbytes, world_size, 0.0)
+            return
+        if not is_async:
             if cuda is not None:
                 cuda.finish(operation, nbytes, world_size, start, stream)
             else:
@@ -592,11 +612,16 @@ def instrument_ddp(model: Any) -> None:
 
     DDP's built-in reducer calls the process group from C++, out of the probe's sight.
     This registers PyTorch's own `allreduce_hook` (same arithmetic: all-reduce, then
-    divide by the world size), which calls `dist.all_reduce(async_op=True)`.
+    divide by the world size), which calls `dist.all_reduce(async_op=True)`. Call it
+    right after wrapping the model, before training. A model that has a comm hook
+    already keeps it (DDP allows one); the probe sees what that hook calls in Python.
     """
     from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
-    model.register_comm_hook(model.process_group, default_hooks.allreduce_hook)
+    try:
+        model.register_comm_hook(model.process_group, default_hooks.allreduce_hook)
+    except RuntimeError as e:
+        log.warning("probe: DDP model keeps its own comm hook: %s", e)
 
 
 def _after_fork_in_child() -> None:

@@ -2,7 +2,7 @@
 
 Examples:
     gpuledger loadgen --profile quick                 # 2 ranks on this machine, ~1.5 min
-    gpuledger loadgen --profile straggler --nproc 4 --metrics-port 9400
+    gpuledger loadgen --profile straggler --nproc 4 --metrics-port 9402
     torchrun --nproc-per-node 8 -m gpuledger loadgen --profile demo --model gpt2-124m
 """
 
@@ -43,6 +43,12 @@ def register(parser: argparse.ArgumentParser) -> None:
     for name in ("depth", "width", "heads", "context", "vocab"):
         what.add_argument(f"--{name}", type=int, help=f"override the preset's {name}")
     what.add_argument("--batch-size", type=int, help="sequences per step per rank")
+    what.add_argument(
+        "--time-scale",
+        type=float,
+        default=1.0,
+        help="multiply the profile's phase durations (e.g. 0.1 with alert rules shortened alike)",
+    )
     what.add_argument("--seed", type=int, default=0)
     what.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
 
@@ -135,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
             threads=args.threads,
             timeline=args.timeline,
             job=args.job,
+            time_scale=args.time_scale,
             metrics_port=args.metrics_port,
             metrics_all_ranks=not args.metrics_rank0_only,
             collective_timeout_s=args.collective_timeout,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import tempfile
@@ -139,7 +140,7 @@ class PeerWatch:
 
     def explain(self, error: BaseException, what: str) -> PeerFailed:
         """Turn a failed collective into an error that names the peer at fault."""
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        detail = _first_line(error)
         where = f"rank {self.rank}: {what} failed in phase {self.phase!r} at step {self.step}"
         try:
             self.store.set_timeout(timedelta(seconds=5))
@@ -147,7 +148,9 @@ class PeerWatch:
             for r in others:
                 if self.store.check([f"failed/{r}"]):
                     message, _ = json.loads(self.store.get(f"failed/{r}"))
-                    return PeerFailed(f"rank {r} failed: {message} ({where}: {detail})", rank=r)
+                    if not message.startswith(f"rank {r} "):
+                        message = f"rank {r} failed: {message}"
+                    return PeerFailed(f"{message} ({where}: {detail})", rank=r)
             notes = {r: json.loads(self.store.get(f"progress/{r}")) for r in others}
         except Exception:
             if self.rank != 0:
@@ -167,6 +170,15 @@ class PeerWatch:
                 rank=r,
             )
         return PeerFailed(f"a peer rank failed or stopped responding; {where}: {detail}")
+
+
+def _first_line(error: BaseException) -> str:
+    """The gist of a backend error: its first line without gloo's source location."""
+    text = str(error).strip()
+    if not text:
+        return type(error).__name__
+    line = re.sub(r"^\[[^\]]*\]\s*", "", text.splitlines()[0])
+    return line.split(". ")[0].rstrip(".")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -213,6 +225,7 @@ def spawn(nproc: int, target: Callable[[Any, DistEnv], None], config: Any) -> No
     """Run `target(config, env)` in `nproc` local ranks; raise RunFailed naming the rank
     at fault if any fails (the others are stopped)."""
     import torch.multiprocessing as mp
+    from torch.multiprocessing.spawn import ProcessException
 
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="loadgen-") as folder:
@@ -226,7 +239,7 @@ def spawn(nproc: int, target: Callable[[Any, DistEnv], None], config: Any) -> No
         try:
             while not context.join(grace_period=3.0):
                 pass
-        except mp.ProcessException as e:
+        except ProcessException as e:
             codes = [process.exitcode for process in context.processes]
             raise _root_cause(folder, codes, e.error_index) from None
         except KeyboardInterrupt:
@@ -250,7 +263,12 @@ def _root_cause(folder: str, exit_codes: list[int | None], first: int) -> RunFai
     reports.sort(key=lambda r: r["ts"])
     roots = [r for r in reports if r["root"]]
     if roots:
-        return RunFailed(f"rank {roots[0]['rank']}: {roots[0]['error']}", rank=roots[0]["culprit"])
+        root = roots[0]
+        said = root["error"]
+        message = (
+            said if said.startswith(f"rank {root['rank']} ") else f"rank {root['rank']}: {said}"
+        )
+        return RunFailed(message, rank=root["culprit"])
     # Ranks that died without a word (os._exit, a signal, the OOM killer); SIGTERM is
     # how the spawner stops the others, so those exits are consequences.
     reported = {r["rank"] for r in reports}

@@ -22,6 +22,7 @@ def _bare(spec: cat.MetricSpec) -> str:
 # Gauges that describe the present (the last step) rather than the phase's history.
 _PRESENT = (
     cat.LOADGEN_STEP_SECONDS,
+    cat.LOADGEN_STEP_WORK_SECONDS,
     cat.LOADGEN_FLOPS,
     cat.LOADGEN_MFU,
     cat.LOADGEN_BUSY,
@@ -76,6 +77,8 @@ class LoadgenMetrics:
         phase = record["phase"]
         self._labels(cat.LOADGEN_STEPS, phase).inc()
         self._labels(cat.LOADGEN_STEP_SECONDS, phase).set(record["step_s"])
+        work = record["compute_s"] + record["stall_s"] + record["straggle_s"]
+        self._labels(cat.LOADGEN_STEP_WORK_SECONDS, phase).set(work)
         self._labels(cat.LOADGEN_BUSY, phase).set(record["busy_ratio"])
         self._labels(cat.LOADGEN_BUSY_SECONDS, phase).inc(record["busy_ratio"] * record["step_s"])
         self._labels(cat.LOADGEN_MEMORY, phase).set(record["memory_bytes"])

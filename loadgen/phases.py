@@ -41,7 +41,10 @@ class PhaseStats:
 
     def add(self, record: dict[str, Any]) -> None:
         self.steps.append(record)
-        self.memory_max = max(self.memory_max, record["memory_bytes"])
+        self.observe_memory(record["memory_bytes"])
+
+    def observe_memory(self, memory_bytes: int) -> None:
+        self.memory_max = max(self.memory_max, memory_bytes)
 
     def summary(self, status: str = "ok", probe: dict | None = None) -> dict[str, Any]:
         duration = self.elapsed()
@@ -116,7 +119,9 @@ def steady(rank: Rank, stats: PhaseStats) -> None:
 
 def idle(rank: Rank, stats: PhaseStats) -> None:
     # Hold everything (model, optimizer state, caches) and run nothing.
-    rank.metrics.memory(stats.phase.name, rank.memory_in_use())
+    held = rank.memory_in_use()
+    stats.observe_memory(held)
+    rank.metrics.memory(stats.phase.name, held)
     rank.metrics.idle(stats.phase.name)
     time.sleep(max(0.0, (stats.phase.duration_s or 0.0) - stats.elapsed()))
 
@@ -147,6 +152,12 @@ def memory_ramp(rank: Rank, stats: PhaseStats) -> None:
         ballast.release()
 
 
+# Calls of a slowdown phase that run undelayed, to measure the time the delay scales;
+# the first WARMUP_CALLS of them (buffer first touched, connections warming) are not used.
+BASELINE_CALLS = 10
+WARMUP_CALLS = 2
+
+
 def communication(rank: Rank, stats: PhaseStats) -> None:
     import torch
 
@@ -154,12 +165,24 @@ def communication(rank: Rank, stats: PhaseStats) -> None:
     size = phase["message_bytes"] or (64 if rank.device.type == "cuda" else 8) * 2**20
     buffer = torch.zeros(max(1, size // 4), dtype=torch.float32, device=rank.device)
     duration, typical, turn = phase.duration_s or 0.0, None, 0
+    delay_s, baseline = phase["delay_s"], []
+    n = rank.env.world_size
     while True:
+        if phase["slowdown"] is not None:
+            # A rank waits d before its turn's call; its peers wait d + t inside it, it t.
+            # Mean time ((n-1)(d+t) + t)/n = f·t gives d = (f-1)·t·n/(n-1).
+            if turn < BASELINE_CALLS:
+                delay_s = 0.0
+            else:
+                t = statistics.median(baseline)
+                delay_s = (phase["slowdown"] - 1) * t * n / (n - 1)
         elapsed = stats.elapsed()
         last = elapsed + 1.5 * typical >= duration if typical else elapsed >= duration
         rank.note_progress(phase.name)
-        timing = rank.trainer.exchange(buffer, last=last, delay_s=phase["delay_s"], turn=turn)
+        timing = rank.trainer.exchange(buffer, last=last, delay_s=delay_s, turn=turn)
         rank.record_step(stats, timing)
+        if WARMUP_CALLS <= turn < BASELINE_CALLS:
+            baseline.append(timing.collective_s)
         typical = timing.step_s if typical is None else 0.8 * typical + 0.2 * timing.step_s
         turn += 1
         if timing.last:

@@ -18,7 +18,7 @@ unit (`64MiB`, `1GiB`, `500MB`). Phase kinds and their parameters are in `KINDS`
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,9 @@ KINDS: dict[str, dict[str, Any]] = {
     # Back-to-back all_reduces of message_bytes (default: 64MiB on GPUs, 8MiB on the CPU).
     # delay_s > 0: before each call one rank in turn waits that long, so the others wait
     # inside the collective and see a lower bandwidth, as behind a slow link or peer.
-    "communication": {"message_bytes": None, "delay_s": 0.0},
+    # slowdown f > 1: the delay is set so that every rank's mean all_reduce time grows
+    # f times over the time of the phase's first (undelayed) calls.
+    "communication": {"message_bytes": None, "delay_s": 0.0, "slowdown": None},
     # One rank sleeps (factor - 1) × its compute time each step.
     "straggler": {"rank": REQUIRED, "factor": REQUIRED},
     # Every `every`-th step waits stall_s for its data.
@@ -145,16 +147,20 @@ def _phase(raw: Any, index: int, problems: list[str]) -> Phase | None:
     elif duration_s is None or duration_s <= 0:
         problems.append(f"{where}: duration_s must be a positive duration (e.g. 30s)")
     params: dict[str, Any] = {}
+    missing = False
     for key, default in KINDS[kind].items():
         if key in raw:
             params[key] = raw.pop(key)
         elif default is REQUIRED:
             problems.append(f"{where}: a {kind} phase needs {key}")
+            missing = True
         else:
             params[key] = default
     for key in raw:
         allowed = ", ".join(["name", "kind", "duration_s", *KINDS[kind]])
         problems.append(f"{where}: unknown field {key!r} for a {kind} phase (allowed: {allowed})")
+    if missing:
+        return None
     try:
         _check_params(kind, params, where, duration_s)
     except ProfileError as e:
@@ -182,6 +188,12 @@ def _check_params(kind: str, p: dict[str, Any], where: str, duration_s: float | 
         factor = p["factor"]
         if isinstance(factor, bool) or not isinstance(factor, int | float) or factor <= 1:
             raise ProfileError(f"{where}: factor must be a number above 1 (e.g. 3), got {factor!r}")
+    if kind == "communication" and p["slowdown"] is not None:
+        f = p["slowdown"]
+        if isinstance(f, bool) or not isinstance(f, int | float) or f <= 1:
+            raise ProfileError(f"{where}: slowdown must be a number above 1 (e.g. 2), got {f!r}")
+        if p["delay_s"]:
+            raise ProfileError(f"{where}: give delay_s or slowdown, not both")
     if kind == "memory_ramp":
         f = p["target_fraction"]
         if isinstance(f, bool) or not isinstance(f, int | float) or not 0 < f < 1:
@@ -231,6 +243,22 @@ def parse(data: Any, source: str = "<profile>") -> Profile:
     if problems:
         raise ProfileError(f"{source}: " + "; ".join(problems))
     return profile
+
+
+def scaled(profile: Profile, factor: float) -> Profile:
+    """The profile with its timeline stretched or shrunk: phase durations, ramps and
+    fault times times `factor` (per-step and per-call waits stay as they are)."""
+    if factor <= 0:
+        raise ProfileError(f"the time scale must be positive, got {factor}")
+    phases = []
+    for p in profile.phases:
+        params = dict(p.params)
+        for key in ("ramp_s", "at_s"):
+            if params.get(key) is not None:
+                params[key] *= factor
+        duration = None if p.duration_s is None else p.duration_s * factor
+        phases.append(Phase(p.name, p.kind, duration, params))
+    return replace(profile, phases=tuple(phases))
 
 
 def builtin_names() -> list[str]:

@@ -65,10 +65,13 @@ def prepare(
     memory_limit_bytes: int | None = None,
     env: DistEnv | None = None,
     job: str | None = None,
+    time_scale: float = 1.0,
     **options: Any,
 ) -> RunConfig:
     """Check the choices; raise ConfigError naming what to fix. Starts nothing."""
     prof = profile.load(profile_name)
+    if time_scale != 1.0:
+        prof = profile.scaled(prof, time_scale)
     gpu = _gpu_wanted(device)
     if env is None:
         env = distributed.from_env()
@@ -406,8 +409,7 @@ def run_rank(config: RunConfig, env: DistEnv) -> None:
                     index, len(prof.phases), phase.name, phase.kind, phase.duration_s
                 )
             RUNNERS[phase.kind](rank, stats)
-            summary = stats.summary(probe=rank.probe_totals())
-            rank.timeline.write("phase_end", **summary)
+            summary = rank.timeline.write("phase_end", **stats.summary(probe=rank.probe_totals()))
             rank.metrics.phase(phase.name, phase.kind, False)
             if rank.progress:
                 rank.progress.phase_end(summary)

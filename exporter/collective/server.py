@@ -212,9 +212,13 @@ class CollectiveServer:
             except OSError as e:
                 log.warning("probe socket accept failed: %s", e)
                 return
-            pid, uid, _gid = _UCRED.unpack(
-                sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
-            )
+            try:
+                pid, uid, _gid = _UCRED.unpack(
+                    sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+                )
+            except OSError:
+                sock.close()
+                continue
             limits = self.limits
             if (
                 len(self._connections) >= limits.max_connections

@@ -377,3 +377,96 @@ def test_disable_sends_a_last_report(tmp_path, gloo):
         probe.disable()  # no periodic report was due yet
         _wait_until(lambda: server.aggregator.snapshot().operations)
         assert server.aggregator.snapshot().operations[0].bytes == 100
+
+
+def test_instrument_ddp_makes_ddps_gradient_all_reduce_visible(gloo, probe_on):
+    model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(100, 10))
+    model(torch.randn(4, 100)).sum().backward()
+    assert probe_on.totals() == {}  # DDP's C++ reducer bypasses torch.distributed
+    model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(100, 10))
+    probe.instrument_ddp(model)
+    model(torch.randn(4, 100)).sum().backward()
+    _wait_until(lambda: "all_reduce" in probe_on.totals())
+    totals = probe_on.totals()["all_reduce"]
+    assert (totals.bytes, totals.calls) == ((100 * 10 + 10) * 4, 1)  # one gradient bucket
+
+
+def test_instrument_ddp_leaves_a_models_own_hook_alone(gloo, probe_on, caplog):
+    model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 4))
+    model.register_comm_hook(None, lambda state, bucket: torch.futures.Future())
+    probe.instrument_ddp(model)  # no error: the job's own hook wins
+    assert "keeps its own comm hook" in caplog.text
+
+
+class FakeCuda:
+    """torch.cuda as the probe uses it: events, current stream, capture state."""
+
+    def __init__(self):
+        self.clock = [0.0]
+        self.capturing = False
+        self.events = []
+
+    def Event(self, enable_timing=False):  # noqa: N802 (torch's name)
+        assert enable_timing
+        self.events.append(FakeEvent(self.clock))
+        return self.events[-1]
+
+    def current_stream(self, device=None):
+        return f"stream-of-{device}"
+
+    def is_current_stream_capturing(self):
+        return self.capturing
+
+
+class FakeCudaTensor:
+    is_cuda = True
+    device = "cuda:3"
+
+    def numel(self):
+        return 1 << 20
+
+    def element_size(self):
+        return 2  # bf16
+
+
+def test_gpu_collectives_are_timed_with_events_on_the_tensors_stream(gloo, probe_on, monkeypatch):
+    fake = FakeCuda()
+    monkeypatch.setattr(probe_on, "_torch", type("T", (), {"cuda": fake, "distributed": dist}))
+
+    class Work:
+        def get_future(self):
+            class Future:
+                def then(self, callback):
+                    fake.clock[0] += 7.0  # the NCCL stream finishes 7 ms after the call
+                    callback(self)
+
+            return Future()
+
+    coalescing = False
+
+    def all_reduce(tensor, op=None, group=None, async_op=False):
+        fake.clock[0] += 3.0
+        return Work() if async_op and not coalescing else None
+
+    wrapped = probe_on._wrap(all_reduce, "all_reduce", "tensor", False, False)
+    wrapped(FakeCudaTensor())
+    wrapped(FakeCudaTensor(), async_op=True)
+    coalescing = True  # inside a batch: no Work of its own, bytes counted, no time
+    wrapped(FakeCudaTensor(), async_op=True)
+    fake.capturing = True
+    wrapped(FakeCudaTensor())  # inside a CUDA graph capture: not counted
+    # Events not complete yet: nothing is waited for; only the batched call counts.
+    pending = probe_on.totals()["all_reduce"]
+    assert (pending.calls, pending.seconds) == (1, 0.0)
+    assert {e.stream for e in fake.events[:2]} == {"stream-of-cuda:3"}
+    for event in fake.events:
+        event.done = True
+    totals = probe_on.totals()["all_reduce"]
+    assert (totals.bytes, totals.calls) == (3 * 2 * (1 << 20), 3)
+    assert totals.seconds == pytest.approx((3.0 + 3.0 + 7.0) / 1000)
+    # Read events and the batched call's unused start event are reused.
+    fake.capturing = False
+    made = len(fake.events)
+    wrapped(FakeCudaTensor())
+    wrapped(FakeCudaTensor())
+    assert len(fake.events) == made

@@ -1,0 +1,115 @@
+"""The query client: long ranges split, retries, and clear errors for every failure."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from accounting.prometheus import (
+    PartialDataError,
+    PrometheusClient,
+    PrometheusQueryError,
+    PrometheusUnreachable,
+)
+from tests.realservices import Prometheus, free_port
+
+OK = {"status": "success", "data": {"resultType": "vector", "result": []}}
+
+
+@contextmanager
+def frontend(*responses: tuple[int, dict | str]) -> Iterator[tuple[str, list[dict]]]:
+    """An HTTP server playing a Thanos or Mimir query frontend (neither installs here):
+    it answers the given responses in turn, the last one repeating."""
+    seen: list[dict] = []
+    queue = list(responses)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length", 0))
+            seen.append({"path": self.path, "body": self.rfile.read(length).decode()})
+            code, body = queue.pop(0) if len(queue) > 1 else queue[0]
+            data = body if isinstance(body, str) else json.dumps(body)
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(data.encode())
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_warnings_from_a_query_frontend_are_partial_data():
+    partial = {**OK, "warnings": ["store gateway 10.0.0.7:10901 did not answer"]}
+    with frontend((200, partial)) as (url, _):
+        with pytest.raises(PartialDataError, match="10.0.0.7:10901.*nothing was written"):
+            PrometheusClient(url).query("up", 0)
+        assert PrometheusClient(url, allow_partial=True).query("up", 0) == []
+
+
+def test_victoriametrics_is_partial_is_partial_data():
+    with (
+        frontend((200, {**OK, "isPartial": True})) as (url, _),
+        pytest.raises(PartialDataError, match="isPartial"),
+    ):
+        PrometheusClient(url).query("up", 0)
+
+
+def test_server_errors_are_retried_then_reported():
+    with frontend((503, "overloaded"), (200, OK)) as (url, seen):
+        client = PrometheusClient(url, retries=2, backoff=0.01)
+        assert client.query("up", 0) == []
+        assert client.stats.retries == 1 and len(seen) == 2
+    with (
+        frontend((502, "bad gateway")) as (url, seen),
+        pytest.raises(PrometheusUnreachable, match="HTTP 502.*after 3 tries"),
+    ):
+        PrometheusClient(url, retries=2, backoff=0.01).query("up", 0)
+
+
+def test_rejected_queries_and_non_prometheus_answers_say_so():
+    bad = {"status": "error", "errorType": "bad_data", "error": "parse error at char 5"}
+    with (
+        frontend((400, bad)) as (url, _),
+        pytest.raises(
+            PrometheusQueryError, match=r"rejected the query 'sum\(\(': bad_data: parse error"
+        ),
+    ):
+        PrometheusClient(url).query("sum((", 0)
+    with (
+        frontend((200, "<html>login</html>")) as (url, _),
+        pytest.raises(PrometheusQueryError, match="Prometheus-compatible API"),
+    ):
+        PrometheusClient(url).query("up", 0)
+
+
+def test_an_unreachable_server_names_the_url_and_the_option():
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(PrometheusUnreachable, match=rf"{url}.*connection refused.*--prometheus"):
+        PrometheusClient(url, retries=1, backoff=0.01).query("up", 0)
+    with pytest.raises(PrometheusUnreachable, match="http\\(s\\) URL"):
+        PrometheusClient("prometheus:9090")
+
+
+@pytest.mark.integration
+def test_long_ranges_are_split_into_ranges_prometheus_accepts(tmp_path):
+    with Prometheus(tmp_path) as prom:
+        client = PrometheusClient(prom.url)
+        # 4 hours at a 1 s step: 14,401 points, over Prometheus's 11,000 per series.
+        series = client.query_range("vector(1)", 1_700_000_000, 1_700_014_400, 1)
+        assert client.stats.requests == 2
+    assert len(series) == 1
+    times = [t for t, _ in series[0].points]
+    assert times == [1_700_000_000 + i for i in range(14_401)]

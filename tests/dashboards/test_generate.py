@@ -1,0 +1,128 @@
+"""The dashboards: committed JSON and ConfigMaps are current, and every panel is well formed
+and reads only names the catalogue or the recording rules define."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from alerts import promql, rules
+from dashboards import generate
+from exporter import catalogue
+
+# Series from outside gpuledger: Prometheus itself (up, ALERTS).
+EXTERNAL_NAMES = {"up", "ALERTS"}
+REQUIRED_VARIABLES = {"datasource", "cluster"}
+
+
+@pytest.fixture(scope="module")
+def models() -> dict[str, dict]:
+    return generate.build_all()
+
+
+def test_committed_files_are_current() -> None:
+    assert generate.stale_files() == [], "run `python -m gpuledger.cli dashboards generate`"
+
+
+def test_the_four_dashboards_exist(models: dict[str, dict]) -> None:
+    assert set(models) == {
+        "gpuledger-fleet",
+        "gpuledger-node",
+        "gpuledger-training",
+        "gpuledger-exporter",
+    }
+    for uid, model in models.items():
+        assert model["uid"] == uid
+        assert model["title"].startswith("gpuledger / ")
+
+
+def test_variables(models: dict[str, dict]) -> None:
+    expected = {
+        "gpuledger-fleet": {"namespace", "node"},
+        "gpuledger-node": {"node", "gpu"},
+        "gpuledger-training": {"namespace", "workload"},
+        "gpuledger-exporter": {"node"},
+    }
+    for uid, model in models.items():
+        names = {v["name"] for v in model["templating"]["list"]}
+        assert names == REQUIRED_VARIABLES | expected[uid], uid
+        for variable in model["templating"]["list"]:
+            if variable["type"] == "query":
+                assert variable["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+                assert variable["query"].startswith("label_values(")
+
+
+def test_panels_are_complete_and_numbered(models: dict[str, dict]) -> None:
+    for uid, model in models.items():
+        ids = [p["id"] for p in model["panels"]]
+        assert len(ids) == len(set(ids)), uid
+        for panel in generate.panels(model):
+            where = f"{uid}: {panel['title']}"
+            assert panel["description"], where
+            assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, where
+            assert panel["targets"], where
+            refs = [t["refId"] for t in panel["targets"]]
+            assert len(refs) == len(set(refs)) and all(refs), where
+
+
+def test_every_name_a_panel_reads_is_known(models: dict[str, dict]) -> None:
+    known = catalogue.exposed_names() | rules.recording_names() | EXTERNAL_NAMES
+    for uid, model in models.items():
+        for title, expr in generate.queries(model):
+            unknown = promql.metric_names(expr) - known
+            assert not unknown, f"{uid}: {title} reads {unknown}"
+        for variable in model["templating"]["list"]:
+            if variable["type"] == "query":
+                selector = re.match(r"label_values\((.*), \w+\)$", variable["query"]).group(1)
+                names = promql.metric_names(selector) | set(
+                    re.findall(r"__name__=~\"([^\"]+)\"", selector)[0].split("|")
+                    if "__name__" in selector
+                    else []
+                )
+                assert names and names <= known, f"{uid}: variable {variable['name']}"
+
+
+def test_queries_filter_on_the_cluster(models: dict[str, dict]) -> None:
+    for uid, model in models.items():
+        for title, expr in generate.queries(model):
+            if "ALERTS" not in expr:  # Prometheus' own alerts carry no cluster label
+                assert '"$cluster"' in expr, f"{uid}: {title} ignores $cluster"
+
+
+def test_configmaps_provision_the_dashboards(models: dict[str, dict]) -> None:
+    for uid, model in models.items():
+        manifest = yaml.safe_load((generate.CONFIGMAP_DIR / f"{uid}.yaml").read_text())
+        assert manifest["kind"] == "ConfigMap"
+        assert manifest["metadata"]["labels"]["grafana_dashboard"] == "1"
+        assert json.loads(manifest["data"][f"{uid}.json"]) == model
+        # ConfigMaps are limited to 1 MiB; stay far below.
+        assert len(manifest["data"][f"{uid}.json"]) < 256 * 1024
+    kustomization = yaml.safe_load((generate.CONFIGMAP_DIR / "kustomization.yaml").read_text())
+    assert kustomization["resources"] == [f"{uid}.yaml" for uid in models]
+
+
+def test_configmaps_are_valid_kubernetes() -> None:
+    pytest.importorskip("kubernetes_validate")
+    for path in sorted(generate.CONFIGMAP_DIR.glob("gpuledger-*.yaml")):
+        result = subprocess.run(
+            [sys.executable, "-m", "kubernetes_validate", "--strict", str(path)],
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_generate_check_fails_on_a_stale_file(tmp_path, monkeypatch) -> None:
+    from dashboards import cli
+
+    monkeypatch.setattr(generate, "JSON_DIR", tmp_path / "json")
+    monkeypatch.setattr(generate, "CONFIGMAP_DIR", tmp_path / "deploy")
+    generate.write()
+    assert cli.run_generate(type("Args", (), {"check": True})()) == 0
+    (tmp_path / "json" / "gpuledger-fleet.json").write_text("{}")
+    assert cli.run_generate(type("Args", (), {"check": True})()) == 1
