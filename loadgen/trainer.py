@@ -150,8 +150,9 @@ class Trainer:
         straggle_s = 0.0
         if straggle_factor > 1:
             # Slower by `factor`: sleep for (factor - 1) × the compute of this step.
-            straggle_s = (straggle_factor - 1) * (fwd_bwd_s + self._last_compute_s)
-            time.sleep(straggle_s)
+            slept = time.perf_counter()
+            time.sleep((straggle_factor - 1) * (fwd_bwd_s + self._last_compute_s))
+            straggle_s = time.perf_counter() - slept
         collective_s, collective_bytes = 0.0, 0
         self.flat_grads[-1] = 1.0 if last else 0.0
         if self.world_size > 1:
@@ -196,9 +197,11 @@ class Trainer:
         wall_start, t0 = time.time(), time.perf_counter()
         buffer.zero_()  # repeated sums would overflow
         buffer[0] = 1.0 if last else 0.0
-        delayed = delay_s > 0 and turn % self.world_size == self.rank
-        if delayed:
+        delayed_s = 0.0
+        if delay_s > 0 and turn % self.world_size == self.rank:
+            slept = time.perf_counter()
             time.sleep(delay_s)
+            delayed_s = time.perf_counter() - slept
         seconds = self.all_reduce(buffer, "all_reduce of the communication phase")
         last = bool(buffer[0].item() > 0)
         busy_s = seconds if self.cuda else 0.0
@@ -206,7 +209,7 @@ class Trainer:
             start=wall_start,
             step_s=time.perf_counter() - t0,
             compute_s=0.0,
-            straggle_s=delay_s if delayed else 0.0,
+            straggle_s=delayed_s,
             collective_s=seconds,
             collective_bytes=buffer.numel() * buffer.element_size(),
             busy_s=busy_s,

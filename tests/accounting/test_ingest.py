@@ -11,7 +11,7 @@ from accounting.kube import OwnerResolver
 from accounting.ledger import HOUR, Ledger
 from accounting.pricebook import PriceBook, UnknownGpuModel, load_price_book, parse_price_book
 from accounting.prometheus import PartialDataError, PrometheusClient
-from tests.accounting.conftest import make_history
+from tests.accounting.conftest import SHARED_NODE, make_history
 from tests.accounting.openmetrics import MODEL, generate
 from tests.fakes.kube_apiserver import FakeKubeApiServer, make_object, make_pod, owner_reference
 from tests.realservices import Prometheus, VictoriaMetrics, backfill_openmetrics
@@ -63,7 +63,8 @@ def test_the_ledger_holds_what_the_counters_say_hour_by_hour(prometheus, history
     cap = ledger.capacity_frame(history.start, history.end).set_index(["hour", "node"])
     assert cap.loc[(history.start + 5 * HOUR, "gpu-node-0000"), "capacity_ms"] == 4 * 3300 * 1000
     assert cap.loc[(history.start + 8 * HOUR, "gpu-node-0001"), "capacity_ms"] == 4 * 3600 * 1000
-    shared = ledger.usage_frame(history.start, history.end).query("node == @SHARED_NODE")
+    usage = ledger.usage_frame(history.start, history.end)
+    shared = usage[usage["node"] == SHARED_NODE]
     assert set(shared["sharing"]) == {"shared", "mig"}
     pods = ledger.pods_frame().set_index("pod")
     assert pods.loc["notebook-b", "first_seen"] == history.start + HOUR

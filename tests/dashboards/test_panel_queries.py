@@ -93,16 +93,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
         def exporter_serves() -> bool:
             if processes[0].poll() is not None:
-                pytest.fail("the exporter exited:\n" + (workdir / "processes.log").read_text()[-3000:])
+                pytest.fail(
+                    "the exporter exited:\n" + (workdir / "processes.log").read_text()[-3000:]
+                )
             return bool(http_get(f"http://127.0.0.1:{port}/metrics", timeout=2))
 
         wait_until(exporter_serves, timeout=60, what="the exporter's /metrics")
         for i, speed in enumerate(FEEDER_SPEEDS):
             argv = [sys.executable, "-m", "tests.dashboards.probe_feeder", str(socket_path)]
             argv += [str(speed)] + (["--malformed-first"] if i == 0 else [])
-            processes.append(
-                subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-            )
+            processes.append(subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT))
         registry, _gauges = _loadgen_ranks()
         loadgen_port = free_port()
         loadgen_server, _thread = start_http_server(

@@ -10,6 +10,7 @@ unknown fields. A PyTorchJob's pod templates are validated as core PodTemplates.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import jsonschema
@@ -256,7 +257,15 @@ def _where(obj: dict[str, Any]) -> str:
     return f"{obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
 
 
+# Objects found valid already: the variants share most of theirs, and each check
+# reloads the schema definitions.
+_VALID: set[str] = set()
+
+
 def validate_core(obj: dict[str, Any]) -> None:
+    key = json.dumps(obj, sort_keys=True)
+    if key in _VALID:
+        return
     for version in KUBERNETES_VERSIONS:
         try:
             kubernetes_validate.validate(obj, version, strict=True)
@@ -267,6 +276,7 @@ def validate_core(obj: dict[str, Any]) -> None:
             ) from None
         except kubernetes_validate.SchemaNotFoundError as error:
             raise InvalidObject(f"{_where(obj)}: {error.message}") from None
+    _VALID.add(key)
 
 
 def validate(obj: dict[str, Any]) -> None:

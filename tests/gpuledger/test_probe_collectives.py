@@ -21,7 +21,7 @@ from exporter.collective.collector import CollectiveCollector
 from exporter.collective.server import CollectiveServer
 
 ELEMENTS = 1024 * 1024  # float32: 4 MiB per rank's tensor
-ITERATIONS = 4
+ITERATIONS = 3
 
 
 def _rank_main(rank: int, world_size: int, store: str, socket_path: str, outdir: str) -> None:
