@@ -22,18 +22,17 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from accounting.costmodel import (
     CATEGORIES,
-    IDLE,
     IDLE_MODES,
     PRECISION,
-    UNATTRIBUTED,
     WORKLOAD,
     largest_remainder,
-    node_rates,
     price_records,
+    rate_table,
     split_cells,
 )
 from accounting.ledger import HOUR, Ledger
@@ -98,19 +97,27 @@ class TeamRule:
         job_labels: Mapping[str, str],
         namespace_labels: Mapping[str, str],
     ) -> str:
+        wanted = [label_key(label) for label in self.labels]
         for source in (pod_labels, job_labels, namespace_labels):
+            if not source:
+                continue
             normalised = {label_key(k): v for k, v in source.items() if v}
-            for label in self.labels:
-                value = normalised.get(label_key(label))
+            for key in wanted:
+                value = normalised.get(key)
                 if value:
                     return value
         return namespace if self.fallback == "namespace" else UNLABELLED
 
 
+# Label keys hold letters, digits and - _ . / (Kubernetes); kube-state-metrics turns
+# every one of - . / into _.
+_LABEL_KEY = str.maketrans({"-": "_", ".": "_", "/": "_"})
+
+
 def label_key(key: str) -> str:
     """Compare label keys as kube-state-metrics spells them (`cost-center` ==
     `cost_center`; a `prefix.io/` is kept, sanitised)."""
-    return re.sub(r"[^a-z0-9]", "_", key.lower())
+    return key.lower().translate(_LABEL_KEY)
 
 
 def parse_month(text: str) -> tuple[int, int]:
@@ -124,6 +131,43 @@ def parse_month(text: str) -> tuple[int, int]:
     return int(start.timestamp()), int(end.timestamp())
 
 
+@dataclass
+class Prepared:
+    """A period's records with every dimension resolved and a rate id, ready to be
+    summarised by any grouping (`summarise`) without reading the ledger again."""
+
+    records: pd.DataFrame
+    rates: list[Decimal]
+    start: int
+    end: int
+    price_book: PriceBook
+    teams: TeamRule
+    coverage: dict[str, Any]
+
+
+def load_period(
+    ledger: Ledger, start: int, end: int, *, price_book: PriceBook, teams: TeamRule | None = None
+) -> Prepared:
+    """Read [start, end) from the ledger once and prepare it for any number of groupings."""
+    prepared = prepare(
+        ledger.usage_frame(start, end),
+        ledger.capacity_frame(start, end),
+        ledger.pods_frame(),
+        ledger.namespaces_frame(),
+        ledger.nodes_frame(),
+        start,
+        end,
+        price_book=price_book,
+        teams=teams,
+    )
+    ingested = set(ledger.hours_frame(start, end)["hour"].astype(int))
+    prepared.coverage = {
+        "hours_ingested": len(ingested),
+        "missing_hours": [h for h in range(start, end, HOUR) if h not in ingested],
+    }
+    return prepared
+
+
 def chargeback(
     ledger: Ledger,
     start: int,
@@ -135,24 +179,7 @@ def chargeback(
     teams: TeamRule | None = None,
 ) -> pd.DataFrame:
     """The chargeback of [start, end) (unix seconds on hour boundaries) from the ledger."""
-    frame = chargeback_from_frames(
-        ledger.usage_frame(start, end),
-        ledger.capacity_frame(start, end),
-        ledger.pods_frame(),
-        ledger.namespaces_frame(),
-        ledger.nodes_frame(),
-        start,
-        end,
-        price_book=price_book,
-        by=by,
-        idle=idle,
-        teams=teams,
-    )
-    ingested = set(ledger.hours_frame(start, end)["hour"].astype(int))
-    expected = range(start, end, HOUR)
-    frame.attrs["hours_ingested"] = len(ingested)
-    frame.attrs["missing_hours"] = [h for h in expected if h not in ingested]
-    return frame
+    return summarise(load_period(ledger, start, end, price_book=price_book, teams=teams), by, idle)
 
 
 def chargeback_from_frames(
@@ -170,36 +197,68 @@ def chargeback_from_frames(
     teams: TeamRule | None = None,
 ) -> pd.DataFrame:
     """The chargeback from ledger-shaped frames (see `Ledger.*_frame`)."""
+    prepared = prepare(
+        usage, capacity, pods, namespaces, nodes, start, end, price_book=price_book, teams=teams
+    )
+    return summarise(prepared, by, idle)
+
+
+def prepare(
+    usage: pd.DataFrame,
+    capacity: pd.DataFrame,
+    pods: pd.DataFrame,
+    namespaces: pd.DataFrame,
+    nodes: pd.DataFrame,
+    start: int,
+    end: int,
+    *,
+    price_book: PriceBook,
+    teams: TeamRule | None = None,
+) -> Prepared:
+    """Split the period's capacity into records and give each its dimensions and rate."""
+    teams = teams or TeamRule()
+    usage = usage[(usage["hour"] >= start) & (usage["hour"] < end)]
+    capacity = capacity[(capacity["hour"] >= start) & (capacity["hour"] < end)]
+    rate_ids, rates = rate_table(capacity, usage, price_book)
+    records = split_cells(usage, capacity)
+    records = _with_dimensions(records, pods, namespaces, nodes, teams)
+    node_codes = records["node"].cat.codes.to_numpy(np.int64)
+    model_codes = records["model"].cat.codes.to_numpy(np.int64)
+    nodes_known, models_known = records["node"].cat.categories, records["model"].cat.categories
+    pair, pairs = pd.factorize(node_codes * len(models_known) + model_codes)
+    ids = [
+        rate_ids[(nodes_known[p // len(models_known)], models_known[p % len(models_known)])]
+        for p in pairs.tolist()
+    ]
+    records["rate_id"] = np.asarray(ids, dtype=np.int64)[pair]
+    return Prepared(records, rates, start, end, price_book, teams, coverage={})
+
+
+def summarise(prepared: Prepared, by: Sequence[str] = ("team",), idle: str = "row") -> pd.DataFrame:
+    """One row per group of `by` (plus `__unattributed__` and `__idle__` rows), with
+    quantities and exact costs rounded to cents by largest remainder."""
     by = tuple(by)
     unknown = [d for d in by if d not in DIMENSIONS]
     if unknown or len(set(by)) != len(by):
         raise ValueError(f"cannot group by {list(by)}: choose distinct dimensions of {DIMENSIONS}")
     if idle not in IDLE_MODES:
         raise ValueError(f"idle must be one of {IDLE_MODES}, got {idle!r}")
-    teams = teams or TeamRule()
-    usage = usage[(usage["hour"] >= start) & (usage["hour"] < end)]
-    capacity = capacity[(capacity["hour"] >= start) & (capacity["hour"] < end)]
-    for model, node in usage[["model", "node"]].drop_duplicates().itertuples(index=False):
-        price_book.price(model, f"node {node}")
-    rates = node_rates(capacity, price_book)
-    records = split_cells(usage, capacity)
-    records = _with_dimensions(records, by, pods, namespaces, nodes, teams)
-
+    price_book, records = prepared.price_book, prepared.records
     keys = ["category", *by]
-    price_keys = keys + [d for d in ("node", "model") if d not in by]
+    price_keys = keys + [d for d in ("model", "rate_id") if d not in by]
     sums = ["held_ms", "busy_ms", "memory_byte_seconds", "energy_mj"]
-    grouped = records.groupby(price_keys, sort=False, dropna=False)[sums].sum().reset_index()
-    priced = price_records(grouped, rates, price_book, idle)
+    grouped = records.groupby(price_keys, sort=False, observed=True)[sums].sum().reset_index()
+    priced = price_records(grouped, prepared.rates, price_book, idle)
 
     with decimal.localcontext(PRECISION):
         rows: dict[tuple, dict[str, Any]] = {}
-        money_columns = ("held_cost", "busy_cost", *MONEY)
-        values = {c: list(priced[c]) for c in (*keys, *sums, *money_columns)}
+        money_columns = ("held_cost", *MONEY)
+        values = {c: priced[c].tolist() for c in (*keys, *sums, *money_columns)}
         for i in range(len(priced)):
             key = tuple(values[k][i] for k in keys)
             row = rows.get(key)
             if row is None:
-                row = rows[key] = {c: 0 for c in sums} | {c: Decimal(0) for c in money_columns}
+                row = rows[key] = dict.fromkeys(sums, 0) | dict.fromkeys(money_columns, Decimal(0))
             for c in sums:
                 row[c] += values[c][i]
             for c in money_columns:
@@ -209,6 +268,8 @@ def chargeback_from_frames(
     ordered = sorted(rows.items(), key=lambda kv: _order(kv[0], kv[1]))
     names = ["\x1f".join(map(str, key)) for key, _ in ordered]
     out = pd.DataFrame([dict(zip(keys, key, strict=True)) for key, _ in ordered], columns=keys)
+    for column in keys:
+        out[column] = out[column].astype(object)
     stats = [row for _, row in ordered]
     out["gpu_hours_held"] = [r["held_ms"] / 3.6e6 for r in stats]
     out["gpu_hours_busy"] = [r["busy_ms"] / 3.6e6 for r in stats]
@@ -222,8 +283,8 @@ def chargeback_from_frames(
         target = total if column in ("cost_allocation", "cost_usage") else None
         out[column] = pd.Series(largest_remainder(exact, names, target), dtype=object)
     out.attrs.update(
-        start=start,
-        end=end,
+        start=prepared.start,
+        end=prepared.end,
         by=list(by),
         idle=idle,
         currency=price_book.currency,
@@ -231,7 +292,8 @@ def chargeback_from_frames(
         price_book=price_book.path,
         total_cost=largest_remainder([total])[0] if stats else Decimal("0.00"),
         exact_total_cost=total,
-        team_labels=list(teams.labels),
+        team_labels=list(prepared.teams.labels),
+        **prepared.coverage,
     )
     return out
 
@@ -243,64 +305,88 @@ def _order(key: tuple, row: Mapping[str, Any]) -> tuple:
 
 def _with_dimensions(
     records: pd.DataFrame,
-    by: tuple[str, ...],
     pods: pd.DataFrame,
     namespaces: pd.DataFrame,
     nodes: pd.DataFrame,
     teams: TeamRule,
 ) -> pd.DataFrame:
-    """Add the columns of `by` to the records."""
-    records = records.copy()
-    pod_dims = {"team", "job", "job_kind", "job_name", "queue", "cohort"} & set(by)
-    if pod_dims:
-        namespace_labels = dict(zip(namespaces["namespace"], namespaces["labels"], strict=True))
-        known = {(r.namespace, r.pod): r for r in pods.itertuples(index=False)}
-        workload_keys = (
-            records.loc[records["category"] == WORKLOAD, ["namespace", "pod"]]
-            .drop_duplicates()
-            .itertuples(index=False)
-        )
-        table = []
-        for namespace, pod in workload_keys:
-            meta = known.get((namespace, pod))
-            labels = meta.labels if meta is not None else {}
-            job_labels = meta.job_labels if meta is not None else {}
-            job_kind = meta.job_kind if meta is not None and meta.job_kind else "Pod"
-            job_name = meta.job_name if meta is not None and meta.job_name else pod
-            table.append(
-                {
-                    "namespace": namespace,
-                    "pod": pod,
-                    "team": teams.team(
-                        namespace, labels, job_labels, namespace_labels.get(namespace, {})
-                    ),
-                    "job": f"{job_kind}/{job_name}",
-                    "job_kind": job_kind,
-                    "job_name": job_name,
-                    "queue": meta.queue if meta is not None else "",
-                    "cohort": meta.cohort if meta is not None else "",
-                }
+    """Add every dimension column to the records (as categoricals: fast to group).
+
+    Idle and unattributed records take their category's name in every dimension but
+    the hardware ones (model, node, region, day)."""
+    namespace_labels = dict(zip(namespaces["namespace"], namespaces["labels"], strict=True))
+    known = {(r.namespace, r.pod): r for r in pods.itertuples(index=False)}
+    category_codes, category_names = pd.factorize(records["category"].to_numpy(dtype=object))
+    names = list(category_names)
+    workload = category_codes == (names.index(WORKLOAD) if WORKLOAD in names else -1)
+    # One code per (namespace, pod), from the two columns' codes: no tuples built.
+    ns_codes, ns_names = pd.factorize(records["namespace"].to_numpy(dtype=object))
+    pod_codes, pod_names = pd.factorize(records["pod"].to_numpy(dtype=object))
+    pair_codes, pairs = pd.factorize(ns_codes.astype(np.int64) * len(pod_names) + pod_codes)
+    columns: dict[str, list[str]] = {
+        d: []
+        for d in ("namespace", "pod", "team", "job", "job_kind", "job_name", "queue", "cohort")
+    }
+    for pair in pairs.tolist():
+        namespace, pod = ns_names[pair // len(pod_names)], pod_names[pair % len(pod_names)]
+        meta = known.get((namespace, pod))
+        job_kind = meta.job_kind if meta is not None and meta.job_kind else "Pod"
+        job_name = meta.job_name if meta is not None and meta.job_name else pod
+        columns["namespace"].append(namespace)
+        columns["pod"].append(pod)
+        columns["team"].append(
+            teams.team(
+                namespace,
+                meta.labels if meta is not None else {},
+                meta.job_labels if meta is not None else {},
+                namespace_labels.get(namespace, {}),
             )
-        dims = pd.DataFrame(
-            table,
-            columns=["namespace", "pod", "team", "job", "job_kind", "job_name", "queue", "cohort"],
         )
-        records = records.merge(
-            dims[["namespace", "pod", *sorted(pod_dims)]], on=["namespace", "pod"], how="left"
+        columns["job"].append(f"{job_kind}/{job_name}")
+        columns["job_kind"].append(job_kind)
+        columns["job_name"].append(job_name)
+        columns["queue"].append(meta.queue if meta is not None else "")
+        columns["cohort"].append(meta.cohort if meta is not None else "")
+    records = records.copy()
+    for dim, values in columns.items():
+        records[dim] = _per_record(
+            values, pair_codes, workload, category_codes, list(category_names)
         )
-    if "region" in by:
-        node_labels = dict(zip(nodes["node"], nodes["labels"], strict=True))
-        records["region"] = [_region(node_labels.get(n, {})) for n in records["node"]]
-    if "day" in by:
-        records["day"] = pd.to_datetime(records["hour"], unit="s", utc=True).dt.strftime("%Y-%m-%d")
-    for category in (UNATTRIBUTED, IDLE):
-        mask = records["category"] == category
-        for dim in by:
-            if dim not in _HARDWARE:
-                records.loc[mask, dim] = category
-    for dim in by:
-        records[dim] = records[dim].fillna("").astype(str)
+    node_labels = dict(zip(nodes["node"], nodes["labels"], strict=True))
+    records["node"] = records["node"].astype("category")
+    records["region"] = (
+        records["node"]
+        .map({n: _region(node_labels.get(n, {})) for n in records["node"].cat.categories})
+        .astype("category")
+    )
+    days = records["hour"] // 86400 * 86400
+    names = {d: datetime.fromtimestamp(d, UTC).strftime("%Y-%m-%d") for d in days.unique()}
+    records["day"] = days.map(names).astype("category")
+    records["model"] = records["model"].astype("category")
+    records["category"] = pd.Categorical.from_codes(category_codes, list(category_names))
     return records
+
+
+def _per_record(
+    per_pair: list[str],
+    pair_codes: np.ndarray,
+    workload: np.ndarray,
+    category_codes: np.ndarray,
+    category_names: list[str],
+) -> pd.Categorical:
+    """A categorical column: each workload record's value from its pod, every other
+    record its category's name. Built from codes: fast on millions of records."""
+    value_codes, values = pd.factorize(np.asarray(per_pair, dtype=object))
+    names = list(values)
+    position = {name: i for i, name in enumerate(names)}
+    for name in category_names:
+        if name != WORKLOAD and name not in position:
+            position[name] = len(names)
+            names.append(name)
+    # Workload records never take their category's name: any position will do.
+    category_positions = np.asarray([position.get(n, 0) for n in category_names], dtype=np.int64)
+    codes = np.where(workload, value_codes[pair_codes], category_positions[category_codes])
+    return pd.Categorical.from_codes(codes, names)
 
 
 def _region(labels: Mapping[str, str]) -> str:

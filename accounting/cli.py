@@ -130,6 +130,11 @@ def _add_ingest(parser: argparse.ArgumentParser) -> None:
         default=300,
         help="an hour is complete this long after it ends (late scrapes)",
     )
+    parser.add_argument(
+        "--allow-gaps",
+        action="store_true",
+        help="record hours Prometheus has no data for (between hours it has) as empty",
+    )
     parser.add_argument("--kubeconfig", default=None, help="kubeconfig for owner chains")
     parser.add_argument(
         "--no-kube",
@@ -164,6 +169,7 @@ def run_ingest(args: argparse.Namespace) -> int:
         resolver=resolver,
         chunk_hours=args.chunk_hours,
         progress=ProgressPrinter("ingest"),
+        allow_gaps=args.allow_gaps,
     )
     result = ingestor.run(start, end, resume=args.resume)
     print(describe(result, start, end))

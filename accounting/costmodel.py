@@ -2,7 +2,7 @@
 
 - `split_cells`: every GPU-hour of capacity into workload, `__unattributed__` and
   `__idle__` records, per hour and (node, GPU model), in exact integer milli-units.
-- `node_rates`: the price of a GPU-hour on each (node, model), node overhead spread.
+- `rate_table`: the price of a GPU-hour on each (node, model), node overhead spread.
 - `price_records`: exact `Decimal` costs on the allocation and usage bases.
 - `largest_remainder`: rounding to cents that keeps a column's sum exact.
 """
@@ -108,27 +108,40 @@ def split_cells(usage: pd.DataFrame, capacity: pd.DataFrame) -> pd.DataFrame:
     return records
 
 
-def node_rates(capacity: pd.DataFrame, price_book: PriceBook) -> dict[tuple[str, str], Decimal]:
-    """Price of a GPU-hour per (node, model): gpus(node) is the most the node reported."""
-    if capacity.empty:
-        return {}
-    per_hour = capacity.groupby(["hour", "node"])["gpus"].sum()
-    gpus_on_node = per_hour.groupby(level="node").max().to_dict()
-    rates = {}
+def rate_table(
+    capacity: pd.DataFrame, usage: pd.DataFrame, price_book: PriceBook
+) -> tuple[dict[tuple[str, str], int], list[Decimal]]:
+    """The price of a GPU-hour per (node, model), as an id into a list of distinct rates.
+
+    gpus(node) is the most GPUs the node reported in an hour of the period; a node with
+    usage but no capacity row carries no overhead. Nodes of the same model and size
+    share a rate, so costs can be summed per rate instead of per node.
+    """
+    gpus_on_node: dict[str, int] = {}
+    if not capacity.empty:
+        per_hour = capacity.groupby(["hour", "node"])["gpus"].sum()
+        gpus_on_node = {k: int(v) for k, v in per_hour.groupby(level="node").max().items()}
+    pairs = pd.concat([capacity[["node", "model"]], usage[["node", "model"]]]).drop_duplicates()
+    ids: dict[tuple[str, str], int] = {}
+    rates: list[Decimal] = []
+    index: dict[Decimal, int] = {}
     with decimal.localcontext(PRECISION):
-        for node, model in capacity[["node", "model"]].drop_duplicates().itertuples(index=False):
-            price = price_book.price(model, f"node {node}")
-            rates[(node, model)] = price.rate(int(gpus_on_node.get(node, 0)))
-    return rates
+        for node, model in pairs.itertuples(index=False):
+            rate = price_book.price(model, f"node {node}").rate(gpus_on_node.get(node, 0))
+            if rate not in index:
+                index[rate] = len(rates)
+                rates.append(rate)
+            ids[(node, model)] = index[rate]
+    return ids, rates
 
 
 def price_records(
     grouped: pd.DataFrame,
-    rates: dict[tuple[str, str], Decimal],
+    rates: Sequence[Decimal],
     price_book: PriceBook,
     idle: str = "row",
 ) -> pd.DataFrame:
-    """Exact costs of records already summed per (category, dimensions..., node, model).
+    """Exact costs of records already summed per (category, dimensions..., model, rate_id).
 
     Adds Decimal columns: held_cost, busy_cost, energy_cost, cost_allocation, cost_usage,
     idle_cost_in_allocation and unallocated_share (docs/cost-model.md, section 4).
@@ -138,25 +151,21 @@ def price_records(
     frame = grouped.copy()
     with decimal.localcontext(PRECISION):
         kwh = {m: price_book.price(m).price_per_kwh for m in frame["model"].unique()}
-        rate = [rates.get((n, m)) for n, m in zip(frame["node"], frame["model"], strict=True)]
-        for i, r in enumerate(rate):
-            if r is None:  # usage on a node with no capacity row: priced as it was used
-                node, model = frame["node"].iat[i], frame["model"].iat[i]
-                rate[i] = rates.setdefault(
-                    (node, model), price_book.price(model, f"node {node}").rate(0)
-                )
+        rate = [rates[i] for i in frame["rate_id"].tolist()]
         held = [
-            Decimal(int(v)) * r / MS_PER_HOUR for v, r in zip(frame["held_ms"], rate, strict=True)
+            Decimal(v) * r / MS_PER_HOUR
+            for v, r in zip(frame["held_ms"].tolist(), rate, strict=True)
         ]
         busy = [
-            Decimal(int(v)) * r / MS_PER_HOUR for v, r in zip(frame["busy_ms"], rate, strict=True)
+            Decimal(v) * r / MS_PER_HOUR
+            for v, r in zip(frame["busy_ms"].tolist(), rate, strict=True)
         ]
+        models = frame["model"].tolist()
         energy = [
-            Decimal(int(v)) * kwh[m] / MJ_PER_KWH
-            for v, m in zip(frame["energy_mj"], frame["model"], strict=True)
+            Decimal(v) * kwh[m] / MJ_PER_KWH
+            for v, m in zip(frame["energy_mj"].tolist(), models, strict=True)
         ]
-        categories = list(frame["category"])
-        models = list(frame["model"])
+        categories = frame["category"].tolist()
         pool: dict[str, Decimal] = {}
         idle_cost: dict[str, Decimal] = {}
         held_by_workloads: dict[str, Decimal] = {}

@@ -25,7 +25,9 @@ import pandas as pd
 
 from accounting.charts import Bar, Segment, horizontal_bars, stacked_columns
 from accounting.costmodel import IDLE, UNATTRIBUTED, WORKLOAD
+from accounting.prometheus import PrometheusClient
 from accounting.reports import Report
+from exporter import catalogue
 
 # Colours: one per meaning, the same in every chart and legend.
 USED_COLOUR = "#2563eb"  # the part of a team's cost its GPUs were busy
@@ -48,6 +50,17 @@ TEAM_PALETTE = (
 
 MAX_TEAM_BARS = 14
 CURRENCY_SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£", "JPY": "¥"}
+
+
+def simulated_in_prometheus(client: PrometheusClient, start: int, end: int) -> bool:
+    """Whether any GPU series of [start, end) says source="simulated".
+
+    The ledger does not record the exporter's `source` label, so a report asks the
+    Prometheus it was ingested from.
+    """
+    metric = catalogue.GPU_SAMPLED_SECONDS.name
+    promql = f'group(last_over_time({metric}{{source="simulated"}}[{max(1, end - start)}s]))'
+    return bool(client.query(promql, end))
 
 
 def html_report_path(out_dir: str | Path, month: str) -> Path:

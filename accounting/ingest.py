@@ -10,7 +10,8 @@ Guarantees (docs/cost-model.md, section 8):
 - an hour's rows and its "done" mark are one transaction: re-running replaces it;
 - a crash at any point loses nothing and counts nothing twice (`resume=True` skips
   done hours; metadata merges are order-free);
-- a chunk with partial data or an unpriced GPU model writes nothing;
+- a chunk with partial data (warnings, a node's capacity missing, a whole hour missing
+  between hours with data) or an unpriced GPU model writes nothing;
 - an hour that Prometheus no longer has is never overwritten with nothing.
 """
 
@@ -138,6 +139,7 @@ class Ingestor:
         queries: IngestQueries | None = None,
         chunk_hours: int = 24,
         progress: Progress | None = None,
+        allow_gaps: bool = False,
     ) -> None:
         if chunk_hours < 1:
             raise ValueError("chunk_hours must be at least 1")
@@ -148,6 +150,7 @@ class Ingestor:
         self.queries = queries or IngestQueries()
         self.chunk_hours = chunk_hours
         self.progress = progress
+        self.allow_gaps = allow_gaps
         self._kube_seconds = 0.0
 
     # ---------------------------------------------------------------- the run
@@ -214,6 +217,17 @@ class Ingestor:
     def _check(
         self, hours: list[int], usage: dict[int, list[dict]], capacity: dict[int, list[dict]]
     ) -> None:
+        with_data = [h for h in hours if capacity.get(h)]
+        if with_data and not self.allow_gaps:
+            holes = [h for h in hours if with_data[0] < h < with_data[-1] and not capacity.get(h)]
+            if holes:
+                raise PartialDataError(
+                    f"Prometheus has no GPU data at all for {iso(holes[0])}"
+                    f"{f' and {len(holes) - 1} more hours' if len(holes) > 1 else ''}, between "
+                    "hours that have data: a scrape outage or a store that did not answer. "
+                    "Nothing was written for this chunk; ingest it again when the data is "
+                    "back, or pass --allow-gaps to record those hours as empty"
+                )
         seen: dict[str, str] = {}
         for hour in hours:
             for row in capacity.get(hour, []) + usage.get(hour, []):

@@ -24,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 
-from accounting.chargeback import TeamRule, chargeback, parse_month
+from accounting.chargeback import TeamRule, load_period, parse_month, summarise
 from accounting.costmodel import IDLE, UNATTRIBUTED
 from accounting.ingest import iso
 from accounting.ledger import HOUR, Ledger
@@ -108,13 +108,9 @@ def build_report(
             f"the ledger {ledger.safe_url} has no hours of {month}: run `gpuledger accounting "
             f"ingest --prometheus URL --from {_stamp(start)} --to {_stamp(min(end, _now_hour()))}` first"
         )
-    frames = {
-        name: chargeback(ledger, start, end, price_book=price_book, by=dims, idle=idle, teams=teams)
-        for name, dims in GROUPINGS.items()
-    }
-    focus_source = chargeback(
-        ledger, start, end, price_book=price_book, by=FOCUS_DIMENSIONS, idle=idle, teams=teams
-    )
+    prepared = load_period(ledger, start, end, price_book=price_book, teams=teams)
+    frames = {name: summarise(prepared, dims, idle) for name, dims in GROUPINGS.items()}
+    focus_source = summarise(prepared, FOCUS_DIMENSIONS, idle)
     attrs = frames["team"].attrs
     if require_complete and attrs["missing_hours"]:
         raise ReportError(
@@ -141,80 +137,122 @@ def focus_frame(frame: pd.DataFrame, cluster: str = "gpuledger") -> pd.DataFrame
     """FOCUS rows from a chargeback grouped by FOCUS_DIMENSIONS."""
     attrs = frame.attrs
     period_start, period_end = attrs["start"], attrs["end"]
-    rows = []
-    for r in frame.itertuples(index=False):
-        day_start = int(datetime.strptime(r.day, "%Y-%m-%d").replace(tzinfo=UTC).timestamp())
-        charge_start, charge_end = max(day_start, period_start), min(day_start + 86400, period_end)
-        quantity = Decimal(repr(r.gpu_hours_held)).quantize(Decimal("0.000001"))
-        cost = r.cost_allocation
-        unit_price = (cost / quantity).quantize(Decimal("0.000001")) if quantity else None
-        if r.category == IDLE:
-            description = f"Idle capacity of {r.model}: GPU time no pod held"
-            resource_id, name, kind = f"{IDLE}/{r.model}", IDLE, "Idle GPU capacity"
-        elif r.category == UNATTRIBUTED:
-            description = f"GPU time on {r.model} used outside any Kubernetes pod"
-            resource_id, name, kind = (
-                f"{UNATTRIBUTED}/{r.model}",
-                UNATTRIBUTED,
-                "Unattributed GPU time",
-            )
-        else:
-            description = f"GPU time held on {r.model} by {r.job} in namespace {r.namespace}"
-            resource_id, name, kind = f"{r.namespace}/{r.job}", r.job_name, r.job_kind
-        tags = {"team": r.team, "namespace": r.namespace, "job": r.job, "gpu_model": r.model}
-        rows.append(
-            {
-                "BilledCost": cost,
-                "BillingAccountId": cluster,
-                "BillingAccountName": cluster,
-                "BillingCurrency": attrs["currency"],
-                "BillingPeriodStart": _stamp(period_start),
-                "BillingPeriodEnd": _stamp(period_end),
-                "ChargeCategory": "Usage",
-                "ChargeClass": None,
-                "ChargeDescription": description,
-                "ChargeFrequency": "Usage-Based",
-                "ChargePeriodStart": _stamp(charge_start),
-                "ChargePeriodEnd": _stamp(charge_end),
-                "ConsumedQuantity": quantity,
-                "ConsumedUnit": "GPU-Hours",
-                "ContractedCost": cost,
-                "ContractedUnitPrice": unit_price,
-                "EffectiveCost": cost,
-                "InvoiceIssuerName": attrs["provider"],
-                "ListCost": cost,
-                "ListUnitPrice": unit_price,
-                "PricingCategory": "Standard",
-                "PricingQuantity": quantity,
-                "PricingUnit": "GPU-Hours",
-                "ProviderName": attrs["provider"],
-                "PublisherName": attrs["provider"],
-                "RegionId": r.region or None,
-                "RegionName": r.region or None,
-                "ResourceId": resource_id,
-                "ResourceName": name,
-                "ResourceType": kind,
-                "ServiceCategory": "Compute",
-                "ServiceName": "GPU compute",
-                "SkuId": r.model,
-                "SkuPriceId": r.model,
-                "SubAccountId": r.team,
-                "SubAccountName": r.team,
-                "Tags": json.dumps(tags, sort_keys=True),
-                "x_Category": r.category,
-                "x_GpuModel": r.model,
-                "x_GpuHoursBusy": round(r.gpu_hours_busy, 6),
-                "x_Efficiency": None if pd.isna(r.efficiency) else round(r.efficiency, 6),
-                "x_MemoryGBHours": round(r.memory_gb_hours, 6),
-                "x_EnergyKWh": round(r.energy_kwh, 6),
-                "x_UsageBasisCost": r.cost_usage,
-                "x_IdleCostInAllocation": r.idle_cost_in_allocation,
-                "x_UnallocatedShare": r.unallocated_share,
-                "x_IdleMode": attrs["idle"],
-                "x_FocusVersion": FOCUS_VERSION,
-            }
+    provider, n = attrs["provider"], len(frame)
+    micro = Decimal("0.000001")
+    day_start = {
+        d: int(datetime.strptime(d, "%Y-%m-%d").replace(tzinfo=UTC).timestamp())
+        for d in set(frame["day"])
+    }
+    charge_start = {d: _stamp(max(t, period_start)) for d, t in day_start.items()}
+    charge_end = {d: _stamp(min(t + 86400, period_end)) for d, t in day_start.items()}
+    quantity = [Decimal(repr(h)).quantize(micro) for h in frame["gpu_hours_held"].tolist()]
+    cost = frame["cost_allocation"].tolist()
+    unit_price = [
+        (c / q).quantize(micro) if q else None for c, q in zip(cost, quantity, strict=True)
+    ]
+    described = [
+        _describe(*row)
+        for row in zip(
+            frame["category"].tolist(),
+            frame["model"].tolist(),
+            frame["namespace"].tolist(),
+            frame["job"].tolist(),
+            frame["job_kind"].tolist(),
+            frame["job_name"].tolist(),
+            strict=True,
         )
-    return pd.DataFrame(rows)
+    ]
+    tags = [
+        json.dumps({"gpu_model": m, "job": j, "namespace": ns, "team": t}, sort_keys=True)
+        for t, ns, j, m in zip(
+            frame["team"].tolist(),
+            frame["namespace"].tolist(),
+            frame["job"].tolist(),
+            frame["model"].tolist(),
+            strict=True,
+        )
+    ]
+    region = [r or None for r in frame["region"].tolist()]
+    days = frame["day"].tolist()
+    efficiency = [None if pd.isna(e) else round(e, 6) for e in frame["efficiency"].tolist()]
+    return pd.DataFrame(
+        {
+            "BilledCost": cost,
+            "BillingAccountId": [cluster] * n,
+            "BillingAccountName": [cluster] * n,
+            "BillingCurrency": [attrs["currency"]] * n,
+            "BillingPeriodStart": [_stamp(period_start)] * n,
+            "BillingPeriodEnd": [_stamp(period_end)] * n,
+            "ChargeCategory": ["Usage"] * n,
+            "ChargeClass": [None] * n,
+            "ChargeDescription": [d[0] for d in described],
+            "ChargeFrequency": ["Usage-Based"] * n,
+            "ChargePeriodStart": [charge_start[d] for d in days],
+            "ChargePeriodEnd": [charge_end[d] for d in days],
+            "ConsumedQuantity": quantity,
+            "ConsumedUnit": ["GPU-Hours"] * n,
+            "ContractedCost": cost,
+            "ContractedUnitPrice": unit_price,
+            "EffectiveCost": cost,
+            "InvoiceIssuerName": [provider] * n,
+            "ListCost": cost,
+            "ListUnitPrice": unit_price,
+            "PricingCategory": ["Standard"] * n,
+            "PricingQuantity": quantity,
+            "PricingUnit": ["GPU-Hours"] * n,
+            "ProviderName": [provider] * n,
+            "PublisherName": [provider] * n,
+            "RegionId": region,
+            "RegionName": region,
+            "ResourceId": [d[1] for d in described],
+            "ResourceName": [d[2] for d in described],
+            "ResourceType": [d[3] for d in described],
+            "ServiceCategory": ["Compute"] * n,
+            "ServiceName": ["GPU compute"] * n,
+            "SkuId": frame["model"].tolist(),
+            "SkuPriceId": frame["model"].tolist(),
+            "SubAccountId": frame["team"].tolist(),
+            "SubAccountName": frame["team"].tolist(),
+            "Tags": tags,
+            "x_Category": frame["category"].tolist(),
+            "x_GpuModel": frame["model"].tolist(),
+            "x_GpuHoursBusy": frame["gpu_hours_busy"].round(6).tolist(),
+            "x_Efficiency": efficiency,
+            "x_MemoryGBHours": frame["memory_gb_hours"].round(6).tolist(),
+            "x_EnergyKWh": frame["energy_kwh"].round(6).tolist(),
+            "x_UsageBasisCost": frame["cost_usage"].tolist(),
+            "x_IdleCostInAllocation": frame["idle_cost_in_allocation"].tolist(),
+            "x_UnallocatedShare": frame["unallocated_share"].tolist(),
+            "x_IdleMode": [attrs["idle"]] * n,
+            "x_FocusVersion": [FOCUS_VERSION] * n,
+        }
+    )
+
+
+def _describe(
+    category: str, model: str, namespace: str, job: str, job_kind: str, job_name: str
+) -> tuple[str, str, str, str]:
+    """ChargeDescription, ResourceId, ResourceName and ResourceType of a row."""
+    if category == IDLE:
+        return (
+            f"Idle capacity of {model}: GPU time no pod held",
+            f"{IDLE}/{model}",
+            IDLE,
+            "Idle GPU capacity",
+        )
+    if category == UNATTRIBUTED:
+        return (
+            f"GPU time on {model} used outside any Kubernetes pod",
+            f"{UNATTRIBUTED}/{model}",
+            UNATTRIBUTED,
+            "Unattributed GPU time",
+        )
+    return (
+        f"GPU time held on {model} by {job} in namespace {namespace}",
+        f"{namespace}/{job}",
+        job_name,
+        job_kind,
+    )
 
 
 def write_report(report: Report, out_dir: str | Path) -> list[Path]:

@@ -141,9 +141,11 @@ class RulesConfig:
 
     # ---------------------------------------------------------------- throttling
     # NVML clock event reasons (the exporter's `reason` label). SW power cap is left out:
-    # a GPU at its power limit under full load is normal, not a fault.
+    # a GPU at its power limit under full load is normal, not a fault. So is hw_slowdown:
+    # NVML sets it for heat and for power alike (with hw_thermal_slowdown or
+    # hw_power_brake_slowdown beside it), so it would make a thermal event a power alert.
     thermal_reasons: tuple[str, ...] = ("hw_thermal_slowdown", "sw_thermal_slowdown")
-    power_reasons: tuple[str, ...] = ("hw_power_brake_slowdown", "hw_slowdown")
+    power_reasons: tuple[str, ...] = ("hw_power_brake_slowdown",)
     # Short throttle events come and go with load spikes; a quarter of an hour of them
     # is a cooling or power problem.
     throttle_for: str = "15m"

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
 import resource
 import shutil
@@ -215,7 +214,11 @@ def write_window(month: Month, counters: dict[str, np.ndarray], lo: int, hi: int
                     f'uuid="GPU-{node}-{g}",model="{model}",source="simulated"}} '
                 )
                 row = values[n * month.gpus + g, first : first + len(stamps)].tolist()
-                out.write("".join(f"{metric}{labels}{v:.1f} {t}\n" for t, v in zip(stamps, row)))
+                out.write(
+                    "".join(
+                        f"{metric}{labels}{v:.1f} {t}\n" for t, v in zip(stamps, row, strict=True)
+                    )
+                )
                 samples += len(row)
     # Per pod and GPU: the pods alive at some hour of the window.
     alive = np.nonzero((month.pod_end >= lo) & (month.pod_start < hi))[0]

@@ -7,12 +7,14 @@ from grafana_foundation_sdk.builders import dashboard as db
 
 from alerts.promql import selector
 from dashboards.common import (
+    NAMESPACE,
     NODE,
     UP_STATES,
     Context,
     cluster_variable,
     dashboard,
     datasource_variable,
+    namespace_variable,
     node_variable,
     row,
     stat_panel,
@@ -46,6 +48,7 @@ def build(ctx: Context) -> db.Dashboard:
         .with_variable(datasource_variable())
         .with_variable(cluster_variable(ctx))
         .with_variable(node_variable(ctx))
+        .with_variable(namespace_variable(ctx))
     )
 
     d = (
@@ -203,10 +206,11 @@ def build(ctx: Context) -> db.Dashboard:
         .with_panel(
             timeseries_panel(
                 "Probe reports per second",
-                "Reports accepted from in-job probes, per namespace.",
+                "Reports accepted from in-job probes of the selected namespaces.",
                 [
                     target(
-                        f"sum by (node, namespace) (rate({c.PROBE_REPORTS.name}{sel}{rate}))",
+                        f"sum by (node, namespace) "
+                        f"(rate({c.PROBE_REPORTS.name}{ctx.raw(NODE, NAMESPACE)}{rate}))",
                         "{{node}} {{namespace}}",
                     )
                 ],

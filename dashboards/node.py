@@ -7,10 +7,12 @@ from grafana_foundation_sdk.builders import dashboard as db
 
 from dashboards.common import (
     EVENT_STATES,
+    NAMESPACE,
     Context,
     cluster_variable,
     dashboard,
     datasource_variable,
+    namespace_variable,
     node_variable,
     query_variable,
     row,
@@ -47,6 +49,7 @@ def build(ctx: Context) -> db.Dashboard:
         .with_variable(datasource_variable())
         .with_variable(cluster_variable(ctx))
         .with_variable(node_variable(ctx, multi=False))
+        .with_variable(namespace_variable(ctx))
         .with_variable(query_variable("gpu", "GPU", f"label_values({c.GPU_INFO.name}{node}, gpu)"))
     )
 
@@ -259,17 +262,18 @@ def build(ctx: Context) -> db.Dashboard:
     )
 
     pod_labels = "namespace, pod, container, gpu, mig_profile, gpu_instance, sharing"
+    pods = ctx.raw(THIS_NODE, GPUS, NAMESPACE)
     d = (
         d.with_row(row("Pods"))
         .with_panel(
             table_panel(
                 "Pods on this node",
-                "Each container's share of each device: GPU-equivalents held, busy "
+                "Each container of the selected namespaces's share of each device: GPU-equivalents held, busy "
                 "GPU-equivalents and device memory used.",
                 [
-                    ("Held", f"sum by ({pod_labels}) ({c.POD_GPU_ALLOCATED.name}{gpus})"),
-                    ("Busy", f"sum by ({pod_labels}) ({c.POD_GPU_UTILIZATION.name}{gpus})"),
-                    ("Memory", f"sum by ({pod_labels}) ({c.POD_GPU_MEMORY_USED.name}{gpus})"),
+                    ("Held", f"sum by ({pod_labels}) ({c.POD_GPU_ALLOCATED.name}{pods})"),
+                    ("Busy", f"sum by ({pod_labels}) ({c.POD_GPU_UTILIZATION.name}{pods})"),
+                    ("Memory", f"sum by ({pod_labels}) ({c.POD_GPU_MEMORY_USED.name}{pods})"),
                 ],
                 width=12,
                 units={"Memory": "bytes"},
@@ -281,7 +285,7 @@ def build(ctx: Context) -> db.Dashboard:
                 "Busy GPU-equivalents of each pod on the node.",
                 [
                     target(
-                        f"sum by (namespace, pod) ({c.POD_GPU_UTILIZATION.name}{gpus})",
+                        f"sum by (namespace, pod) ({c.POD_GPU_UTILIZATION.name}{pods})",
                         "{{namespace}}/{{pod}}",
                     )
                 ],

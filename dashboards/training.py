@@ -8,11 +8,13 @@ from grafana_foundation_sdk.builders import dashboard as db
 from alerts.promql import selector
 from dashboards.common import (
     NAMESPACE,
+    NODE,
     Context,
     cluster_variable,
     dashboard,
     datasource_variable,
     namespace_variable,
+    node_variable,
     query_variable,
     row,
     table_panel,
@@ -41,7 +43,7 @@ def build(ctx: Context) -> db.Dashboard:
     n = ctx.names
     wl = ctx.config.workload_label
     pods = f'pod=~"{ctx.config.pods_of_workload_regex("$workload")}"'
-    raw = ctx.raw(NAMESPACE, pods)
+    raw = ctx.raw(NAMESPACE, pods, NODE)
     rate = "[$__rate_interval]"
 
     def per_pod(metric: str) -> str:
@@ -59,6 +61,7 @@ def build(ctx: Context) -> db.Dashboard:
         .with_variable(cluster_variable(ctx))
         .with_variable(namespace_variable(ctx))
         .with_variable(workload_variable(ctx))
+        .with_variable(node_variable(ctx))
     )
 
     d = (
@@ -184,7 +187,7 @@ def build(ctx: Context) -> db.Dashboard:
         )
     )
 
-    rec = ctx.rec(NAMESPACE, f'{wl}=~"$workload"')
+    rec = ctx.rec(NAMESPACE, f'{wl}=~"$workload"', NODE)
     group = f"{ctx.config.cluster_label}, namespace, {wl}, operation"
     job = ctx.config.step_time_job_label
     loadgen = selector(ctx.config.step_time_selector, ctx.cluster)

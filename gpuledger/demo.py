@@ -298,6 +298,22 @@ def _ingest_and_report(
 
 
 @contextlib.contextmanager
+def _quiet_parts(level: str) -> Iterator[None]:
+    """The progress lines tell the story; the parts' own info logs would drown them
+    (unless debug logs are asked for)."""
+    names = ("exporter", "accounting", "gpuledger.services")
+    previous = {name: logging.getLogger(name).level for name in names}
+    if level.lower() != "debug":
+        for name in names:
+            logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for name, old in previous.items():
+            logging.getLogger(name).setLevel(old)
+
+
+@contextlib.contextmanager
 def _sigterm_interrupts() -> Iterator[None]:
     """SIGTERM stops the demo as Ctrl-C does: through KeyboardInterrupt, so that every
     `finally` runs and everything started is stopped."""
@@ -534,12 +550,8 @@ def run(args: argparse.Namespace) -> int:
     except StackError as error:
         print(f"gpuledger demo: error: {error}", file=sys.stderr)
         return 2
-    if args.log_level.lower() != "debug":
-        # The progress lines tell the story; the parts' own info logs would drown them.
-        for name in ("exporter", "accounting", "gpuledger.services"):
-            logging.getLogger(name).setLevel(logging.WARNING)
     code: int | None = None  # set once the run and its summary are done
-    with _sigterm_interrupts():
+    with _quiet_parts(args.log_level), _sigterm_interrupts():
         try:
             summary, code = _run_stack(stack, args, say)
             print(format_summary(summary, args.keep_running), flush=True)
@@ -551,8 +563,10 @@ def run(args: argparse.Namespace) -> int:
             if code is None:
                 say("interrupted")
                 code = 130
-        except StackError as error:
+        except (StackError, RuntimeError, TimeoutError, OSError) as error:
+            # A service that would not start, a port taken meanwhile, a full disk.
             say(f"error: {error}")
+            say(f"logs of the services and the load generator are in {stack.workdir}")
             code = 1
         finally:
             with _signals_ignored():

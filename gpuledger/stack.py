@@ -374,7 +374,7 @@ def plan_profile(profile: str, nproc: int | None = None, time_scale: float = 1.0
 
     try:
         loaded = profiles.scaled(profiles.load(profile), time_scale)
-        world = nproc or loaded.nproc or 1
+        world = nproc if nproc is not None else (loaded.nproc or 1)
         if world < 1:
             raise StackError(f"--nproc must be 1 or more, got {world}")
         profiles.check_world(loaded, world, gpu=False)
@@ -397,6 +397,7 @@ class LocalStack:
     `device`: auto (NVML when a GPU driver answers, else simulated), nvml or simulated.
     `loadgen_device`: the load generator's --device (auto: the GPUs when torch sees
     enough of them for the profile's ranks, else the CPU).
+    `nvml`: the pynvml module to read GPUs with (None imports it; tests pass a fake).
     """
 
     workdir: Path
@@ -410,6 +411,7 @@ class LocalStack:
     scrape_interval: str = "1s"
     with_prometheus: bool = True
     with_alertmanager: bool = True
+    nvml: Any = None
 
     # What started (None when it did not).
     exporter: Exporter | None = field(default=None, init=False)
@@ -426,6 +428,7 @@ class LocalStack:
     def __post_init__(self) -> None:
         if self.device not in ("auto", "nvml", "simulated"):
             raise StackError(f"device must be auto, nvml or simulated, got {self.device!r}")
+        self.plan = plan_profile(self.profile, self.nproc, self.time_scale)
         self.workdir = Path(self.workdir).absolute()
         try:
             self.workdir.mkdir(parents=True, exist_ok=True)
@@ -436,7 +439,6 @@ class LocalStack:
             ) from None
         if not os.access(self.workdir, os.W_OK):
             raise StackError(f"{self.workdir} is not writable: choose another output directory")
-        self.plan = plan_profile(self.profile, self.nproc, self.time_scale)
         self.marker = uuid.uuid4().hex
         self.timeline_path = self.workdir / "loadgen-timeline.jsonl"
         self.metrics_port: int | None = None
@@ -561,6 +563,7 @@ class LocalStack:
                 kubelet_socket=None,
                 pod_watch=False,
                 probe_socket=self.probe_socket,
+                nvml=self.nvml,
             )
         except NvmlUnavailable as error:
             reason = str(error)

@@ -209,6 +209,20 @@ class Rank:
         self.metrics: Any = None
         self.progress: Any = None
         self.probe: Any = None
+        self.server: Any = None
+
+    def close(self) -> None:
+        """Stop what the rank started beside training (it may be half started)."""
+        if self.progress is not None:
+            self.progress.close()
+        if self.server is not None:
+            self.server.shutdown()
+            self.server = None
+        if self.probe is not None:
+            from gpuledger import probe
+
+            probe.disable()
+            self.probe = None
 
     def note_progress(self, phase: str) -> None:
         if self.watch is not None:
@@ -303,9 +317,52 @@ def run_rank(config: RunConfig, env: DistEnv) -> None:
         from gpuledger import logs
 
         logs.configure(config.log_level, json_lines=config.log_json)
-    if env.launcher in ("torchrun", "kubernetes"):
-        # Checked in the parent for --nproc; here each rank checks what it was given.
-        _check_fit(config, env.world_size, env.local_world_size, env.local_rank)
+    threads_before = torch.get_num_threads()
+    try:
+        _run_rank(config, env)
+    finally:
+        torch.set_num_threads(threads_before)  # an in-process run leaves no trace
+
+
+def _run_rank(config: RunConfig, env: DistEnv) -> None:
+    rank = _start(config, env)
+    run_start = time.monotonic()
+    try:
+        everyone = _run_phases(rank)
+    except BaseException as error:
+        message = str(error) or type(error).__name__
+        if rank.watch is not None and not isinstance(error, PeerFailed):
+            rank.watch.failed(message)  # so that the peers can name this rank
+        duration = time.monotonic() - run_start
+        rank.timeline.write("run_end", status="error", error=message, duration_s=duration)
+        if isinstance(error, RunFailed | KeyboardInterrupt | SystemExit):
+            raise
+        log.error("rank %d failed", env.rank, exc_info=error)  # a bug: keep its traceback
+        raise RunFailed(f"rank {env.rank}: {type(error).__name__}: {message}", env.rank) from error
+    finally:
+        rank.close()
+    rank.timeline.write("run_end", status="ok", error=None, duration_s=time.monotonic() - run_start)
+    if env.rank == 0 and config.progress != "off":
+        from loadgen.progress import print_summary, summary_rows
+
+        print_summary(
+            summary_rows(everyone),
+            rich_output=rank.progress is not None and rank.progress.mode == "rich",
+            title=f"gpuledger loadgen: profile {config.profile.name}, {env.world_size} "
+            f"rank(s), timeline {config.timeline}",
+        )
+    rank.timeline.close()
+    if env.distributed:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+
+
+def _start(config: RunConfig, env: DistEnv) -> Rank:
+    """Meet the other ranks, build the model, open the timeline and the metrics, and
+    write run_start."""
+    import torch
+
     rank = Rank(config, env)
     from loadgen.trainer import Trainer  # after the thread count is set
 
@@ -328,8 +385,7 @@ def run_rank(config: RunConfig, env: DistEnv) -> None:
         on_collective_error=rank.watch.explain if rank.watch else None,
     )
     # One rank per machine truncates a shared timeline file; the others wait for it.
-    shared = "{rank}" not in config.timeline
-    truncate = not shared or env.local_rank == 0
+    truncate = "{rank}" in config.timeline or env.local_rank == 0
     if truncate:
         rank.timeline = TimelineWriter(
             config.timeline, rank=env.rank, job=config.job, truncate=True
@@ -347,15 +403,13 @@ def run_rank(config: RunConfig, env: DistEnv) -> None:
 
     rank.metrics = LoadgenMetrics(config.job, env.rank)
     rank.metrics.set_peak(rank.peak)
-    server = None
     if config.metrics_port is not None and (config.metrics_all_ranks or env.rank == 0):
-        server = rank.metrics.serve(
-            config.metrics_port + (env.local_rank if config.metrics_all_ranks else 0)
-        )
+        offset = env.local_rank if config.metrics_all_ranks else 0
+        rank.server = rank.metrics.serve(config.metrics_port + offset)
     if config.probe and env.distributed:
         rank.probe = _enable_probe()
     total_params, matmul_params = count_parameters(config.model)
-    prof = config.profile
+    cuda = rank.device.type == "cuda"
     rank.timeline.write(
         "run_start",
         world_size=env.world_size,
@@ -363,12 +417,10 @@ def run_rank(config: RunConfig, env: DistEnv) -> None:
         launcher=env.launcher,
         hostname=socket.gethostname(),
         pid=os.getpid(),
-        profile=prof.name,
+        profile=config.profile.name,
         device=str(rank.device),
-        device_name=torch.cuda.get_device_name(rank.device)
-        if rank.device.type == "cuda"
-        else "cpu",
-        backend=("nccl" if config.device == "cuda" else "gloo") if env.distributed else None,
+        device_name=torch.cuda.get_device_name(rank.device) if cuda else "cpu",
+        backend=("nccl" if cuda else "gloo") if env.distributed else None,
         threads=rank.threads,
         model=config.model.as_dict(),
         params=total_params,
@@ -381,82 +433,49 @@ def run_rank(config: RunConfig, env: DistEnv) -> None:
         probe=rank.probe is not None,
         phases=[
             {"name": p.name, "kind": p.kind, "duration_s": p.duration_s, "params": p.params}
-            for p in prof.phases
+            for p in config.profile.phases
         ],
         schema_version=SCHEMA_VERSION,
     )
     if env.rank == 0 and config.progress != "off":
         from loadgen.progress import Progress
 
-        rank.progress = Progress(config.progress, planned_s=prof.planned_seconds, profile=prof.name)
-    run_start, summaries, stats = time.monotonic(), [], None
-    try:
-        for index, phase in enumerate(prof.phases):
-            rank.barrier(f"barrier before phase {phase.name!r}")
-            stats = PhaseStats(phase, index, rank.peak, env.world_size)
-            rank.timeline.write(
-                "phase_start",
-                phase=phase.name,
-                kind=phase.kind,
-                index=index,
-                start=stats.start,
-                planned_s=phase.duration_s,
-                params=phase.params,
-            )
-            rank.metrics.phase(phase.name, phase.kind, True)
-            if rank.progress:
-                rank.progress.phase_start(
-                    index, len(prof.phases), phase.name, phase.kind, phase.duration_s
-                )
-            RUNNERS[phase.kind](rank, stats)
-            summary = rank.timeline.write("phase_end", **stats.summary(probe=rank.probe_totals()))
-            rank.metrics.phase(phase.name, phase.kind, False)
-            if rank.progress:
-                rank.progress.phase_end(summary)
-            summaries.append(summary)
-            stats = None
-        everyone = _gather(rank, summaries)
-    except BaseException as error:
-        if rank.progress:
-            rank.progress.close()
-        message = str(error) or type(error).__name__
-        if rank.watch is not None and not isinstance(error, PeerFailed):
-            rank.watch.failed(message)  # so that the peers can name this rank
-        if stats is not None:
-            rank.timeline.write("phase_end", **stats.summary(status="error"))
+        rank.progress = Progress(
+            config.progress, planned_s=config.profile.planned_seconds, profile=config.profile.name
+        )
+    return rank
+
+
+def _run_phases(rank: Rank) -> list[list[dict]]:
+    """Run every phase; returns every rank's phase_end records (for rank 0's table)."""
+    phases = rank.config.profile.phases
+    summaries = []
+    for index, phase in enumerate(phases):
+        rank.barrier(f"barrier before phase {phase.name!r}")
+        stats = PhaseStats(phase, index, rank.peak, rank.env.world_size)
         rank.timeline.write(
-            "run_end", status="error", error=message, duration_s=time.monotonic() - run_start
+            "phase_start",
+            phase=phase.name,
+            kind=phase.kind,
+            index=index,
+            start=stats.start,
+            planned_s=phase.duration_s,
+            params=phase.params,
         )
-        rank.timeline.close()
-        if server is not None:
-            server.shutdown()
-        if isinstance(error, RunFailed | KeyboardInterrupt | SystemExit):
+        rank.metrics.phase(phase.name, phase.kind, True)
+        if rank.progress:
+            rank.progress.phase_start(index, len(phases), phase.name, phase.kind, phase.duration_s)
+        try:
+            RUNNERS[phase.kind](rank, stats)
+        except BaseException:
+            rank.timeline.write("phase_end", **stats.summary(status="error"))
             raise
-        raise RunFailed(
-            f"rank {env.rank}: {type(error).__name__}: {message}", rank=env.rank
-        ) from error
-    if rank.progress:
-        rank.progress.close()
-    rank.timeline.write("run_end", status="ok", error=None, duration_s=time.monotonic() - run_start)
-    rank.timeline.close()
-    if rank.probe is not None:
-        from gpuledger import probe
-
-        probe.disable()
-    if env.rank == 0 and config.progress != "off":
-        from loadgen.progress import print_summary, summary_rows
-
-        print_summary(
-            summary_rows(everyone),
-            rich_output=rank.progress is not None and rank.progress.mode == "rich",
-            title=f"gpuledger loadgen: profile {prof.name}, {env.world_size} rank(s), timeline {config.timeline}",
-        )
-    if server is not None:
-        server.shutdown()
-    if env.distributed:
-        import torch.distributed as dist
-
-        dist.destroy_process_group()
+        summary = rank.timeline.write("phase_end", **stats.summary(probe=rank.probe_totals()))
+        rank.metrics.phase(phase.name, phase.kind, False)
+        if rank.progress:
+            rank.progress.phase_end(summary)
+        summaries.append(summary)
+    return _gather(rank, summaries)
 
 
 def _gather(rank: Rank, summaries: list[dict]) -> list[list[dict]]:

@@ -14,8 +14,8 @@ is gone.
 A misbehaving client cannot exhaust memory or CPU: connections are capped (in all
 and per pid), each connection buffers at most one frame, frames over the size limit
 close the connection, each connection has a token bucket of reports per second, a
-connection with too many rejected frames is closed, and one that sends no whole frame
-for `idle_timeout_s` is closed. Everything dropped is counted by reason.
+connection whose frames are rejected many times in a row is closed, and one that sends
+no whole frame for `idle_timeout_s` is closed. Everything dropped is counted by reason.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class ServerLimits:
     max_payload_bytes: int = wire.MAX_PAYLOAD_BYTES
     reports_per_second: float = 4.0  # a probe sends one a second by default
     report_burst: int = 16
-    max_rejects_per_connection: int = 64
+    max_rejects_per_connection: int = 64  # in a row: then the connection is closed
     idle_timeout_s: float = 120.0
     recv_bytes: int = 65536
 
@@ -269,7 +269,9 @@ class CollectiveServer:
             del buffer[: header_size + length]
             now = time.monotonic()
             conn.last_frame = now
-            if not self._handle(conn, version, payload, now):
+            if self._handle(conn, version, payload, now):
+                conn.rejects = 0
+            else:
                 conn.rejects += 1
                 if conn.rejects >= self.limits.max_rejects_per_connection:
                     self._close(conn)

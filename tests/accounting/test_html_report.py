@@ -277,3 +277,31 @@ def test_browser_draws_daily_columns_and_banner(report, screenshot):
     assert columns == daily["day"].nunique() == DAYS
     banner = screenshot.where("#fef3c7", 0, WIDTH)
     assert banner and max(y for _, y in banner) < 120  # the simulated banner is on top
+
+
+def test_simulated_source_is_found_in_prometheus(prometheus, history):
+    from accounting.html_report import simulated_in_prometheus
+    from accounting.prometheus import PrometheusClient
+
+    client = PrometheusClient(prometheus.url)
+    assert simulated_in_prometheus(client, history.start, history.end)
+    # Before the history began there is nothing, simulated or not.
+    assert not simulated_in_prometheus(client, history.start - 7200, history.start - 3600)
+
+
+def test_a_month_without_pods_renders(tmp_path):
+    from accounting.ledger import Ledger
+    from tests.accounting.sample_ledger import H100, month_start
+
+    ledger = Ledger(str(tmp_path / "idle.sqlite")).create()
+    capacity = [
+        {"node": "h1", "model": H100, "gpus": 8, "capacity_ms": 8 * 3_600_000, "busy_ms": 0}
+        | {"energy_mj": 0}
+    ]
+    for hour in range(3):
+        ledger.write_hour(month_start(MONTH) + hour * 3600, [], capacity, "test")
+    page = render_html(build_report(ledger, MONTH, price_book=PRICE_BOOK))
+    ledger.dispose()
+    # Only idle capacity: 24 GPU-hours at $2.50; the job table says there is nothing.
+    assert "<td>__idle__</td>" in page and "$60.00" in page
+    assert "nothing in this period" in page.split('id="table-jobs"')[1].split("</table>")[0]

@@ -125,6 +125,24 @@ def test_partial_data_stops_ingestion_before_anything_is_written(tmp_path):
     assert ledger.done_hours(prometheus_start, history.end) == set()
 
 
+def test_an_hour_missing_between_hours_with_data_is_partial_data(tmp_path):
+    start = _recent()
+    history = generate(nodes=1, gpus=2, pods=1, days=0.25, step=300, start=start)
+    history.gaps.append((start + 3 * HOUR - 1, start + 4 * HOUR + 1))  # a scrape outage
+    history.__post_init__()
+    text = io.StringIO()
+    history.write(text)
+    backfill_openmetrics(text.getvalue(), tmp_path / "data", tmp_path)
+    ledger = Ledger(str(tmp_path / "l.sqlite")).create()
+    with Prometheus(tmp_path, data_dir=tmp_path / "data") as prom:
+        with pytest.raises(PartialDataError, match="no GPU data at all for .*--allow-gaps"):
+            run(prom.url, ledger, history, chunk_hours=6)
+        assert ledger.done_hours(history.start, history.end) == set()
+        client = PrometheusClient(prom.url)
+        Ingestor(client, ledger, load_price_book(), allow_gaps=True).run(history.start, history.end)
+    assert ledger.hours_frame(history.start, history.end)["gpus"].tolist() == [2, 2, 2, 0, 2, 2]
+
+
 def test_victoriametrics_gives_the_same_ledger(history, tmp_path):
     text = io.StringIO()
     history.write(text, flavour="prometheus")

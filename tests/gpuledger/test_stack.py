@@ -138,12 +138,18 @@ def test_alertmanager_routes_every_receiver_to_the_local_webhook() -> None:
 
 def test_unknown_profile_is_refused_before_anything_starts(tmp_path: Path) -> None:
     with pytest.raises(st.StackError, match="no profile 'no-such-profile'.*quick"):
-        st.LocalStack(tmp_path, profile="no-such-profile")
+        st.LocalStack(tmp_path / "out", profile="no-such-profile")
+    assert not (tmp_path / "out").exists()
 
 
 def test_profile_that_needs_more_ranks_is_refused(tmp_path: Path) -> None:
     with pytest.raises(st.StackError, match="--nproc 2"):
         st.LocalStack(tmp_path, profile="quick", nproc=1)
+
+
+def test_zero_ranks_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(st.StackError, match="--nproc must be 1 or more, got 0"):
+        st.LocalStack(tmp_path, nproc=0)
 
 
 def test_unknown_device_is_refused(tmp_path: Path) -> None:
@@ -167,10 +173,42 @@ def test_nvml_asked_for_without_a_driver_says_what_to_do(tmp_path: Path) -> None
     except NvmlUnavailable:
         pass
     stack = st.LocalStack(tmp_path, device="nvml")
-    with pytest.raises(st.StackError, match="device nvml: NVML could not start.*auto or simulated"):
-        with stack:
-            pass
+    with (
+        pytest.raises(st.StackError, match="device nvml: NVML could not start.*auto or simulated"),
+        stack,
+    ):
+        pass
     assert stack.exporter is None and stack.prometheus is None
+
+
+def test_a_gpu_that_nvml_reads_is_used_instead_of_simulated_ones(tmp_path: Path) -> None:
+    from tests.fakes.fake_pynvml import make_fake_pynvml
+
+    nvml = make_fake_pynvml(2)
+    with st.LocalStack(
+        tmp_path, device="auto", nvml=nvml, with_prometheus=False, with_alertmanager=False
+    ) as stack:
+        assert stack.source_name == "nvml" and stack.fallback_reason is None
+        assert stack.source_detail.startswith("2 x ")
+        body = st.wait_until(
+            lambda: (
+                (text := http_get(f"{stack.exporter.url}/metrics").decode())
+                and "gpuledger_gpu_up{" in text
+                and text
+            ),
+            what="GPU metrics",
+        )
+        assert 'source="nvml"' in body and 'source="simulated"' not in body
+
+
+def test_nvml_without_gpus_falls_back_to_simulated_and_says_why(tmp_path: Path) -> None:
+    from tests.fakes.fake_pynvml import make_fake_pynvml
+
+    with st.LocalStack(
+        tmp_path, nvml=make_fake_pynvml(0), with_prometheus=False, with_alertmanager=False
+    ) as stack:
+        assert stack.source_name == "simulated"
+        assert stack.fallback_reason == "NVML answered but lists no GPU"
 
 
 def test_without_prometheus_and_alertmanager_the_exporter_still_runs(
@@ -188,7 +226,7 @@ def test_without_prometheus_and_alertmanager_the_exporter_still_runs(
         body = st.wait_until(
             lambda: http_get(f"{stack.exporter.url}/metrics").decode(), what="metrics"
         )
-        assert 'gpuledger_gpu_info{' in body and 'source="simulated"' in body
+        assert "gpuledger_gpu_info{" in body and 'source="simulated"' in body
         assert stack.alerts_fired() == []
 
 
@@ -239,28 +277,3 @@ def test_stack_scrapes_the_exporter_and_real_collectives_then_stops_everything(
     with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
         http_get(f"{prometheus_url}/-/ready", timeout=2)
     assert os.environ[TEST_MARK] == test_mark  # the marker was there to inherit
-
-
-@pytest.mark.integration
-@pytest.mark.timeout(120)
-def test_stop_ends_a_running_load_generator_and_its_ranks(tmp_path: Path, test_mark: str) -> None:
-    profile = write_profile(tmp_path, [{"name": "train", "kind": "steady", "duration_s": "5m"}])
-    stack = st.LocalStack(tmp_path / "stack", profile=str(profile), with_prometheus=False)
-    with stack:
-        loadgen = stack.start_loadgen(["--peak-flops", "1e10", "--threads", "1"])
-        # Wait until the ranks train (spawned children of the load generator).
-        st.wait_until(
-            lambda: any(r["type"] == "step" for r in _records(stack.timeline_path)),
-            timeout=90,
-            what="the ranks' first steps",
-        )
-        assert len(st.marked_processes(stack.marker)) >= 3  # the launcher and two ranks
-    assert loadgen.returncode is not None
-    assert st.marked_processes(test_mark, env=TEST_MARK) == []
-
-
-def _records(path: Path) -> list[dict]:
-    try:
-        return timeline.read(path)
-    except (FileNotFoundError, ValueError):
-        return []

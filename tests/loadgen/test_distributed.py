@@ -19,9 +19,12 @@ from .helpers import PEAK, run, write_profile
 
 REPO = Path(__file__).resolve().parents[2]
 MESSAGE = 2**20
+# A large factor: other work on a shared machine can slow one rank's compute a few
+# times over its peer's, and the straggler must still stand out.
+FACTOR = 6
 PHASES = [
     {"name": "warm", "kind": "steady", "duration_s": 2.5},
-    {"name": "slow", "kind": "straggler", "duration_s": 3.0, "rank": 1, "factor": 3},
+    {"name": "slow", "kind": "straggler", "duration_s": 3.0, "rank": 1, "factor": FACTOR},
     {"name": "allreduce", "kind": "communication", "duration_s": 1.5, "message_bytes": MESSAGE},
 ]
 
@@ -64,19 +67,22 @@ def test_straggler_factor_shows_in_its_rank_step_times(records: list[dict]) -> N
     def median(key: str, phase: str, rank: int) -> float:
         return statistics.median(s[key] for s in timeline.steps(records, phase, rank))
 
-    # The slow rank's own time per step (compute + the slowness it slept, as measured)
-    # is 3× its compute; its peer is not slowed ...
-    slow_steps = timeline.steps(records, "slow", 1)
-    own = statistics.median((s["compute_s"] + s["straggle_s"]) / s["compute_s"] for s in slow_steps)
-    assert 2.5 < own < 3.5, own
-    assert median("straggle_s", "slow", 0) == 0
-    assert median("straggle_s", "warm", 1) == 0
-    # ... but waits for it inside the all-reduce ...
-    assert median("collective_s", "slow", 0) > 3 * median("collective_s", "slow", 1)
-    # ... so that the whole job steps several times slower than before.
+    def work(s: dict) -> float:  # the rank's own time: compute + the slowness it slept
+        return s["compute_s"] + s["straggle_s"]
+
+    # The slow rank's own time per step is FACTOR × its compute; its peer is not slowed.
+    slow = timeline.steps(records, "slow", 1)
+    own = statistics.median(work(s) / s["compute_s"] for s in slow)
+    assert FACTOR - 0.5 < own < FACTOR + 0.5, own
+    assert median("straggle_s", "slow", 0) == median("straggle_s", "warm", 1) == 0
+    peer = statistics.median(work(s) for s in timeline.steps(records, "slow", 0))
+    assert statistics.median(work(s) for s in slow) > 2 * peer
+    # The peer waits for it inside the all-reduce ...
+    assert median("collective_s", "slow", 0) > median("collective_s", "slow", 1)
+    # ... so that the whole job steps at the straggler's pace: FACTOR × its compute.
     for rank in (0, 1):
-        slowdown = median("step_s", "slow", rank) / median("step_s", "warm", rank)
-        assert 1.8 < slowdown < 6, slowdown
+        pace = median("step_s", "slow", rank) / median("compute_s", "slow", 1)
+        assert 0.75 * FACTOR < pace < 1.5 * FACTOR, pace
 
 
 def test_communication_phase_measures_bytes_and_bus_bandwidth(records: list[dict]) -> None:

@@ -239,3 +239,17 @@ def test_start_refuses_a_path_that_is_not_a_socket(path, pods):
 def test_a_socket_path_too_long_for_unix_sockets_is_refused(tmp_path, pods):
     with pytest.raises(ValueError, match="longer than 107 bytes"):
         CollectiveServer(str(tmp_path / ("x" * 120)), pods.get, "node-a")
+
+
+def test_only_rejects_in_a_row_close_a_connection(path, pods):
+    limits = ServerLimits(max_rejects_per_connection=3)
+    junk = wire.HEADER.pack(wire.MAGIC, wire.VERSION, 0, 2) + b"[]"
+    with CollectiveServer(path, pods.get, "node-a", limits=limits) as server:
+        with connect(path) as sock:
+            for seq in range(3):  # two bad frames, then a good one, three times over
+                sock.sendall(junk + junk + frame(100 * (seq + 1), seq=seq, uptime=10 + seq))
+            wait_until(lambda: total_bytes(server) == 300)
+            assert server.aggregator.snapshot().connections == 1
+            sock.sendall(junk * 3)
+            assert closed_by_server(sock)
+        assert rejected(server) == {"malformed": 9}
