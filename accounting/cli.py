@@ -30,7 +30,14 @@ from accounting.pricebook import DEFAULT_PRICE_BOOK, PriceBookError, load_price_
 from accounting.prometheus import PrometheusClient, PrometheusError
 
 # Errors a user can fix; each message says how. Exit 2 for bad input, 1 for the rest.
-_BAD_INPUT = (PriceBookError, PeriodError, IngestError)
+_BAD_INPUT = (PriceBookError, PeriodError, IngestError, OSError)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
 
 
 # ---------------------------------------------------------------- shared options
@@ -86,6 +93,12 @@ def add_prometheus_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="file with a bearer token sent to the query API",
     )
+    parser.add_argument(
+        "--prometheus-retries",
+        type=int,
+        default=3,
+        help="retries of a failed query (connection errors, 429, 5xx), with backoff",
+    )
 
 
 def team_rule(args: argparse.Namespace) -> TeamRule:
@@ -102,7 +115,7 @@ def prometheus_client(args: argparse.Namespace) -> PrometheusClient:
     if args.bearer_token_file:
         with open(args.bearer_token_file) as f:
             headers["Authorization"] = f"Bearer {f.read().strip()}"
-    return PrometheusClient(args.prometheus, headers=headers)
+    return PrometheusClient(args.prometheus, headers=headers, retries=args.prometheus_retries)
 
 
 # ---------------------------------------------------------------- ingest
@@ -122,7 +135,7 @@ def _add_ingest(parser: argparse.ArgumentParser) -> None:
         "--resume", action="store_true", help="skip hours already in the ledger (after a crash)"
     )
     parser.add_argument(
-        "--chunk-hours", type=int, default=24, help="hours asked of Prometheus at once"
+        "--chunk-hours", type=_positive, default=24, help="hours asked of Prometheus at once"
     )
     parser.add_argument(
         "--settle-seconds",
@@ -160,7 +173,13 @@ def run_ingest(args: argparse.Namespace) -> int:
     if not args.no_kube:
         from accounting.kube import OwnerResolver, api_client_from_config
 
-        api = api_client_from_config(args.kubeconfig)
+        try:
+            api = api_client_from_config(args.kubeconfig)
+        except Exception as error:  # the kubernetes client's config errors have no base
+            raise IngestError(
+                f"cannot load the Kubernetes configuration ({error}); fix --kubeconfig, or "
+                "pass --no-kube to take owners from kube-state-metrics only"
+            ) from None
         resolver = OwnerResolver(api) if api is not None else None
     ingestor = Ingestor(
         prometheus_client(args),

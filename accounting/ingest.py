@@ -88,6 +88,10 @@ class IngestQueries:
     node_labels: str = f"last_over_time(kube_node_labels[{{range}}]) and on (node) {_GPU_NODES}"
 
 
+_USAGE_QUERIES = ("held", "busy", "memory", "energy")
+_CAPACITY_QUERIES = ("capacity", "gpus", "gpu_busy", "gpu_energy")
+
+
 class IngestError(RuntimeError):
     """Ingestion cannot go on; the message says what to fix."""
 
@@ -184,31 +188,13 @@ class Ingestor:
         """Query one chunk of contiguous hours and check it; writes nothing."""
         first, last = hours[0], hours[-1]
         q = self.queries
-        window = "1h"
         ranged = {}
-        for name in (
-            "held",
-            "busy",
-            "memory",
-            "energy",
-            "capacity",
-            "gpus",
-            "gpu_busy",
-            "gpu_energy",
-        ):
-            promql = getattr(q, name).format(window=window)
+        for name in (*_USAGE_QUERIES, *_CAPACITY_QUERIES):
+            promql = getattr(q, name).format(window="1h")
             # The value at h + 1h is the increase over the hour that starts at h.
             ranged[name] = self.client.query_range(promql, first + HOUR, last + HOUR, HOUR)
-        usage = _by_hour(
-            ranged, ("held", "busy", "memory", "energy"), POD_KEY, _usage_row, set(hours)
-        )
-        capacity = _by_hour(
-            ranged,
-            ("capacity", "gpus", "gpu_busy", "gpu_energy"),
-            CAPACITY_KEY,
-            _capacity_row,
-            set(hours),
-        )
+        usage = _by_hour(ranged, _USAGE_QUERIES, POD_KEY, _usage_row, set(hours))
+        capacity = _by_hour(ranged, _CAPACITY_QUERIES, CAPACITY_KEY, _capacity_row, set(hours))
         self._check(hours, usage, capacity)
         pods, namespaces, nodes = self._metadata(hours, usage)
         return ChunkData(hours, usage, capacity, pods, namespaces, nodes)

@@ -18,6 +18,7 @@ from exporter.dcgm_compat import DcgmCompatCollector
 from exporter.loop import Attributor, CollectionLoop, no_attribution
 from exporter.server import ExporterHTTPServer, MetricsRenderer
 from exporter.sources import DeviceSource
+from exporter.state import ExporterState
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class Exporter:
         max_pod_series: int = 10_000,
         attribution_errors: Callable[[], dict[tuple[str, str], int]] | None = None,
         extra_collectors: Iterable[object] = (),
+        after_collect: Iterable[Callable[[ExporterState], None]] = (),
         on_stop: Iterable[Callable[[], None]] = (),
     ) -> None:
         # `_created` series double the histograms' size and no dashboard reads them.
@@ -46,6 +48,7 @@ class Exporter:
             interval_s=interval_s,
             max_pod_series=max_pod_series,
             attribution_errors=attribution_errors,
+            after_collect=list(after_collect),
             registry=self.registry,
         )
         self.registry.register(GpuLedgerCollector(lambda: self.loop.state))

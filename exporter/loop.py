@@ -45,6 +45,7 @@ class CollectionLoop:
         interval_s: float = 1.0,
         max_pod_series: int = 10_000,
         attribution_errors: Callable[[], dict[tuple[str, str], int]] | None = None,
+        after_collect: list[Callable[[ExporterState], None]] | None = None,
         registry=None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -54,6 +55,7 @@ class CollectionLoop:
         self.interval_s = interval_s
         self.max_pod_series = max_pod_series
         self._attribution_errors = attribution_errors
+        self._after_collect = list(after_collect or [])
         self._clock = clock
         self._integrator = UsageIntegrator(max_gap_s=max(10.0, 5 * interval_s))
         self._state = empty_state(node)
@@ -132,6 +134,12 @@ class CollectionLoop:
             totals=totals,
             stats=stats,
         )
+        for hook in self._after_collect:
+            try:
+                hook(self._state)
+            except Exception as exc:  # a failing extra collector degrades only itself
+                log.error("after-collection hook failed", extra={"error": repr(exc)})
+                self._own_errors[("hook", type(exc).__name__)] += 1
         self.duration.observe(time.perf_counter() - started)
         return self._state
 

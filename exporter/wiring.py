@@ -41,8 +41,9 @@ def _collective_parts(
     inspector_dir: str | None = None,
     gpu_to_pods: Callable[[str], list[PodRef]] | None = None,
     sys_root: str | None = None,
-) -> tuple[list[object], list[Callable[[], None]]]:
-    """Collectors and stop callbacks for the probe listener, Inspector files and IB counters."""
+):
+    """Collectors, stop callbacks and after-collection hooks for the probe listener,
+    NCCL Inspector files and link counters."""
     from exporter.collective import wiring as collective_wiring
 
     return collective_wiring.build(
@@ -84,9 +85,7 @@ def simulated_exporter(
             return known
         return PodRef(LOCAL_NAMESPACE, f"pid-{pid}", _process_name(pid))
 
-    collectors, stops = ([], [])
-    if probe_socket:
-        collectors, stops = _collective_parts(probe_socket, node_name, resolve_pid)
+    collectors, stops, hooks = _collective_parts(probe_socket, node_name, resolve_pid)
     return Exporter(
         source,
         node_name,
@@ -95,6 +94,7 @@ def simulated_exporter(
         dcgm_compat=dcgm_compat,
         max_pod_series=max_pod_series,
         extra_collectors=collectors,
+        after_collect=hooks,
         on_stop=stops,
     )
 
@@ -163,12 +163,10 @@ def nvml_exporter(
     def gpu_to_pods(uuid: str) -> list[PodRef]:
         return [a.pod for a in latest["value"].devices.get(uuid, ())]
 
-    collectors: list[object] = []
-    if probe_socket or inspector_dir or sys_root:
-        collectors, collective_stops = _collective_parts(
-            probe_socket, node, resolve_pid, inspector_dir, gpu_to_pods, sys_root
-        )
-        stops.extend(collective_stops)
+    collectors, collective_stops, hooks = _collective_parts(
+        probe_socket, node, resolve_pid, inspector_dir, gpu_to_pods, sys_root
+    )
+    stops.extend(collective_stops)
     return Exporter(
         source,
         node,
@@ -178,6 +176,7 @@ def nvml_exporter(
         max_pod_series=max_pod_series,
         attribution_errors=lambda: resolver.errors,
         extra_collectors=collectors,
+        after_collect=hooks,
         on_stop=stops,
     )
 

@@ -64,7 +64,9 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="stretch or shrink the profile's phases to about this many minutes of training",
     )
     parser.add_argument(
-        "--out", default="demo-out", help="directory for the ledger, report and logs"
+        "--out",
+        default="demo-out",
+        help="directory for the ledger, report and logs (default: ./demo-out)",
     )
     parser.add_argument(
         "--device",
@@ -180,7 +182,7 @@ def _where(labels: dict[str, str]) -> str:
     if labels.get("gpu"):
         return f"node {labels.get('node', '')} GPU {labels['gpu']}"
     if labels.get("workload"):
-        return f"{labels.get('namespace', '')}/{labels['workload']}"
+        return f"workload {labels.get('namespace', '')}/{labels['workload']}"
     return labels.get("node") or labels.get("instance") or ""
 
 

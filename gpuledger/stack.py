@@ -90,7 +90,10 @@ FAST_RULES: dict[str, Any] = {
     "gpu_lost_for": "3s",
     "bandwidth_baseline_window": "30s",
     "bandwidth_baseline_offset": "10s",
-    "bandwidth_drop_for": "5s",
+    # gloo's bandwidth over 5 s windows swings 2-5x on a busy 2-core machine: only a
+    # fall under a fifth of the baseline, held 10 s, is a drop at this time scale.
+    "bandwidth_drop_ratio": 0.8,
+    "bandwidth_drop_for": "10s",
     "straggler_for": "5s",
     "exporter_down_for": "5s",
     "exporter_absent_for": "10s",

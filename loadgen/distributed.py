@@ -98,9 +98,6 @@ def init_process_group(
     """Join the process group; returns the store for progress notes (PrefixStore)."""
     import torch.distributed as dist
 
-    if backend == "nccl":
-        # Without async error handling a hung NCCL collective blocks forever.
-        os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
     store = dist.TCPStore(
         env.master_addr,
         env.master_port,
@@ -108,8 +105,9 @@ def init_process_group(
         is_master=env.rank == 0 and not env.agent_store,
         timeout=timedelta(seconds=init_timeout_s),
     )
-    # The timeout bounds every collective of the group (gloo): a hung peer is found
-    # after collective_timeout_s instead of never.
+    # The timeout bounds every collective of the group: gloo raises in the caller; NCCL's
+    # watchdog aborts the communicator (TORCH_NCCL_ASYNC_ERROR_HANDLING, on by default
+    # since torch 2.2). Either way a hung peer is found after collective_timeout_s.
     dist.init_process_group(
         backend,
         store=store,
@@ -123,8 +121,9 @@ def init_process_group(
 class PeerWatch:
     """Progress and failure notes of every rank, kept in the rendezvous store."""
 
-    def __init__(self, store: Any, rank: int, world_size: int) -> None:
+    def __init__(self, store: Any, rank: int, world_size: int, *, rank0_hosts_store: bool) -> None:
         self.store, self.rank, self.world_size = store, rank, world_size
+        self.rank0_hosts_store = rank0_hosts_store
         self.phase, self.step = "", -1
 
     def progress(self, phase: str, step: int) -> None:
@@ -151,9 +150,14 @@ class PeerWatch:
                     if not message.startswith(f"rank {r} "):
                         message = f"rank {r} failed: {message}"
                     return PeerFailed(f"{message} ({where}: {detail})", rank=r)
-            notes = {r: json.loads(self.store.get(f"progress/{r}")) for r in others}
+            notes = {
+                r: json.loads(self.store.get(f"progress/{r}"))
+                if self.store.check([f"progress/{r}"])
+                else ["", -1, time.time()]  # it never began a step
+                for r in others
+            }
         except Exception:
-            if self.rank != 0:
+            if self.rank != 0 and self.rank0_hosts_store:
                 # Rank 0 hosts the store: if it cannot be read, rank 0 is gone.
                 return PeerFailed(
                     f"rank 0 is gone (its store does not answer); {where}: {detail}", 0
@@ -163,8 +167,11 @@ class PeerWatch:
         if behind:
             r = min(behind, key=lambda k: behind[k][1])
             phase, step, ts = behind[r]
+            # A timeout means the peer is there but silent; anything else, that it left.
+            timed_out = "timed out" in detail.lower() or "timeout" in detail.lower()
+            how = "stopped responding" if timed_out else "went away"
             return PeerFailed(
-                f"rank {r} stopped responding: its last step was {step} (phase {phase!r}) "
+                f"rank {r} {how}: its last step was {step} (phase {phase!r}) "
                 f"{time.time() - ts:.1f} s ago, while rank {self.rank} reached step "
                 f"{self.step} ({where}: {detail})",
                 rank=r,

@@ -373,7 +373,9 @@ def _start(config: RunConfig, env: DistEnv) -> Rank:
             config.collective_timeout_s,
             config.init_timeout_s,
         )
-        rank.watch = distributed.PeerWatch(store, env.rank, env.world_size)
+        rank.watch = distributed.PeerWatch(
+            store, env.rank, env.world_size, rank0_hosts_store=not env.agent_store
+        )
     rank.trainer = Trainer(
         config.model,
         rank.device,

@@ -200,7 +200,8 @@ def test_an_unreachable_prometheus_is_a_clear_error_and_nothing_is_written(tmp_p
     ledger = str(tmp_path / "l.sqlite")
     url = f"http://127.0.0.1:{free_port()}"
     start = (worked_example.START // HOUR) * HOUR
-    assert main(ingest_args(url, ledger, start, start + 2 * HOUR)) == 1
+    args = ingest_args(url, ledger, start, start + 2 * HOUR, "--prometheus-retries", "1")
+    assert main(args) == 1
     err = capsys.readouterr().err
     assert url in err and "connection refused" in err
     assert Ledger(ledger).last_hour() is None
@@ -230,3 +231,13 @@ def test_a_bad_time_is_refused_with_the_forms_it_accepts(tmp_path, capsys):
     args[args.index("--from") + 1] = "yesterday-ish"
     assert main(args) == 2
     assert "ISO 8601" in capsys.readouterr().err
+
+
+def test_a_kubeconfig_that_cannot_be_loaded_says_how_to_go_on_without_it(tmp_path, capsys):
+    start = worked_example.START
+    args = ingest_args("http://127.0.0.1:1", str(tmp_path / "l.sqlite"), start, start + HOUR)
+    args.remove("--no-kube")
+    args += ["--kubeconfig", str(tmp_path / "missing-kubeconfig")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "cannot load the Kubernetes configuration" in err and "--no-kube" in err

@@ -95,7 +95,7 @@ def independent_total(usage: pd.DataFrame, capacity: pd.DataFrame, book: PriceBo
     return total
 
 
-@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=35, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     cluster=clusters(),
     book=price_books(),
@@ -138,7 +138,7 @@ def test_every_report_sums_to_the_clusters_cost_to_the_cent(cluster, book, by, i
         assert own >= -slack
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(cluster=clusters())
 def test_records_partition_each_cells_effective_capacity_exactly(cluster):
     usage, capacity = cluster

@@ -127,9 +127,8 @@ def test_partial_data_stops_ingestion_before_anything_is_written(tmp_path):
 
 def test_an_hour_missing_between_hours_with_data_is_partial_data(tmp_path):
     start = _recent()
-    history = generate(nodes=1, gpus=2, pods=1, days=0.25, step=300, start=start)
-    history.gaps.append((start + 3 * HOUR - 1, start + 4 * HOUR + 1))  # a scrape outage
-    history.__post_init__()
+    outage = (start + 3 * HOUR - 1, start + 4 * HOUR + 1)  # no sample of hour 3 at all
+    history = generate(nodes=1, gpus=2, pods=1, days=0.25, step=300, start=start, gaps=[outage])
     text = io.StringIO()
     history.write(text)
     backfill_openmetrics(text.getvalue(), tmp_path / "data", tmp_path)

@@ -22,10 +22,12 @@ from exporter.attribution import PodRef
 from exporter.collective.collector import CollectiveCollector
 from exporter.collective.server import CollectiveServer
 
-ELEMENTS = 2 * 1024 * 1024  # float32: 8 MiB per rank's tensor
-# Enough calls that each operation's total time dwarfs a scheduling hiccup of a few ms.
-ITERATIONS_LONG = 3  # all_gather, reduce_scatter: n x 8 MiB per call
-ITERATIONS_SHORT = 8  # all_reduce, broadcast, send, recv: 8 MiB per call
+# Calls long enough, and enough of them, that each operation's total time dwarfs a
+# scheduling hiccup of a few ms between the test's clock and the probe's.
+SHARD_ELEMENTS = 2 * 1024 * 1024  # all_gather, reduce_scatter: n x 8 MiB per call
+TENSOR_ELEMENTS = 8 * 1024 * 1024  # all_reduce, broadcast, send, recv: 32 MiB per call
+ITERATIONS_LONG = 3
+ITERATIONS_SHORT = 12
 
 
 def _rank_main(rank: int, world_size: int, store: str, socket_path: str, outdir: str) -> None:
@@ -69,18 +71,24 @@ def _rank_main(rank: int, world_size: int, store: str, socket_path: str, outdir:
         acc[2] += elapsed
         acc[3] += 1
 
-    size = ELEMENTS * 4
-    t = torch.ones(ELEMENTS)
-    gathered = [torch.empty(ELEMENTS) for _ in range(n)]
-    gathered_flat = torch.empty(n * ELEMENTS)
-    shards = [torch.ones(ELEMENTS) for _ in range(n)]
-    shards_flat = torch.ones(n * ELEMENTS)
-    shard = torch.empty(ELEMENTS)
+    piece = torch.ones(SHARD_ELEMENTS)
+    shard_size = SHARD_ELEMENTS * 4
+    gathered = [torch.empty(SHARD_ELEMENTS) for _ in range(n)]
+    gathered_flat = torch.empty(n * SHARD_ELEMENTS)
+    shards = [torch.ones(SHARD_ELEMENTS) for _ in range(n)]
+    shards_flat = torch.ones(n * SHARD_ELEMENTS)
     for _ in range(ITERATIONS_LONG):
-        timed("all_gather", n * size, lambda: dist.all_gather(gathered, t))
-        timed("all_gather", n * size, lambda: dist.all_gather_into_tensor(gathered_flat, t))
-        timed("reduce_scatter", n * size, lambda: dist.reduce_scatter(shard, shards))
-        timed("reduce_scatter", n * size, lambda: dist.reduce_scatter_tensor(shard, shards_flat))
+        timed("all_gather", n * shard_size, lambda: dist.all_gather(gathered, piece))
+        timed(
+            "all_gather", n * shard_size, lambda: dist.all_gather_into_tensor(gathered_flat, piece)
+        )
+        timed("reduce_scatter", n * shard_size, lambda: dist.reduce_scatter(piece, shards))
+        timed(
+            "reduce_scatter", n * shard_size, lambda: dist.reduce_scatter_tensor(piece, shards_flat)
+        )
+    size = TENSOR_ELEMENTS * 4
+    t = torch.ones(TENSOR_ELEMENTS)
+    shard = torch.empty(TENSOR_ELEMENTS)
     for _ in range(ITERATIONS_SHORT):
         timed("all_reduce", size, lambda: dist.all_reduce(t))
         timed_async("all_reduce", size, lambda: dist.all_reduce(t, async_op=True))

@@ -75,8 +75,6 @@ def test_straggler_factor_shows_in_its_rank_step_times(records: list[dict]) -> N
     own = statistics.median(work(s) / s["compute_s"] for s in slow)
     assert FACTOR - 0.5 < own < FACTOR + 0.5, own
     assert median("straggle_s", "slow", 0) == median("straggle_s", "warm", 1) == 0
-    peer = statistics.median(work(s) for s in timeline.steps(records, "slow", 0))
-    assert statistics.median(work(s) for s in slow) > 2 * peer
     # The peer waits for it inside the all-reduce ...
     assert median("collective_s", "slow", 0) > median("collective_s", "slow", 1)
     # ... so that the whole job steps at the straggler's pace: FACTOR × its compute.

@@ -76,3 +76,64 @@ def test_root_cause_falls_back_to_the_first_peer_report(tmp_path: Path) -> None:
     _report(tmp_path, 0, 1.0, "rank 1 stopped responding: ...", False, 1)
     error = _root_cause(str(tmp_path), [1, -signal.SIGTERM], first=0)
     assert error.rank == 1 and str(error).startswith("rank 1 stopped responding")
+
+
+def _watch(rank: int, world: int = 3, **kwargs):
+    from torch.distributed import HashStore
+
+    from loadgen.distributed import PeerWatch
+
+    return PeerWatch(HashStore(), rank, world, rank0_hosts_store=kwargs.get("rank0", True))
+
+
+def _share(a, b) -> None:
+    b.store = a.store  # ranks of one job read and write one store
+
+
+def test_a_failed_peer_is_named_from_its_note() -> None:
+    me, peer = _watch(0), _watch(2)
+    _share(me, peer)
+    me.progress("p", 5)
+    peer.failed("rank 2 crashed, as phase 'p' (crash) asked")
+    error = me.explain(RuntimeError("Connection closed by peer [10.0.0.2]:1234"), "all_reduce")
+    assert error.rank == 2
+    assert str(error).startswith("rank 2 crashed")
+    assert "rank 0: all_reduce failed in phase 'p' at step 5" in str(error)
+
+
+def test_a_silent_peer_is_named_from_its_progress() -> None:
+    me, behind, level = _watch(0), _watch(1), _watch(2)
+    _share(me, behind)
+    _share(me, level)
+    behind.progress("p", 4)
+    level.progress("p", 5)
+    me.progress("p", 5)
+    gloo = RuntimeError(
+        "[gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 3000ms for recv"
+    )
+    error = me.explain(gloo, "all_reduce")
+    assert error.rank == 1
+    assert str(error).startswith("rank 1 stopped responding: its last step was 4")
+    assert "Timed out waiting 3000ms" in str(error) and "unbound_buffer" not in str(error)
+    gone = me.explain(RuntimeError("Connection reset by peer"), "all_reduce")
+    assert str(gone).startswith("rank 1 went away")
+
+
+class _GoneStore:
+    def __getattr__(self, name):
+        def fail(*args, **kwargs):
+            raise RuntimeError("Connection refused")
+
+        return fail
+
+
+def test_an_unreadable_store_means_its_host_is_gone() -> None:
+    watch = _watch(1)
+    watch.store = _GoneStore()
+    error = watch.explain(RuntimeError("Connection closed by peer"), "barrier")
+    assert error.rank == 0 and str(error).startswith("rank 0 is gone")
+    # Under torchrun the agent hosts the store: its loss says nothing about rank 0.
+    agent = _watch(1, rank0=False)
+    agent.store = _GoneStore()
+    error = agent.explain(RuntimeError("Connection closed by peer"), "barrier")
+    assert error.rank is None and str(error).startswith("a peer rank failed")
