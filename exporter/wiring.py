@@ -4,6 +4,7 @@ cgroups and the pod watch for attribution, and the collective-probe listener."""
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 
 from exporter.app import Exporter
@@ -14,6 +15,10 @@ log = logging.getLogger(__name__)
 
 # Where a simulated node puts real processes of this machine that report collectives.
 LOCAL_NAMESPACE = "local"
+
+
+def _local_pids(proc_root: str = "/proc") -> list[int]:
+    return [int(name) for name in os.listdir(proc_root) if name.isdigit()]
 
 
 def _process_name(pid: int, proc_root: str = "/proc") -> str:
@@ -41,6 +46,7 @@ def _collective_parts(
     inspector_dir: str | None = None,
     gpu_to_pods: Callable[[str], list[PodRef]] | None = None,
     sys_root: str | None = None,
+    live_pods=None,
 ):
     """Collectors, stop callbacks and after-collection hooks for the probe listener,
     NCCL Inspector files and link counters."""
@@ -53,6 +59,7 @@ def _collective_parts(
         inspector_dir=inspector_dir,
         gpu_to_pods=gpu_to_pods,
         sys_root=sys_root,
+        live_pods=live_pods,
     )
 
 
@@ -83,9 +90,20 @@ def simulated_exporter(
         known = latest["value"].processes.get(pid)
         if known is not None:
             return known
+        return _local_pod(pid)
+
+    def live_pods(state) -> list[PodRef]:
+        """The scenario's pods now, and local processes that still run."""
+        pods = list(state.attribution.processes.values())
+        pods += [a.pod for held in state.attribution.devices.values() for a in held]
+        return pods + [_local_pod(pid) for pid in _local_pids()]
+
+    def _local_pod(pid: int) -> PodRef:
         return PodRef(LOCAL_NAMESPACE, f"pid-{pid}", _process_name(pid))
 
-    collectors, stops, hooks = _collective_parts(probe_socket, node_name, resolve_pid)
+    collectors, stops, hooks = _collective_parts(
+        probe_socket, node_name, resolve_pid, live_pods=live_pods
+    )
     return Exporter(
         source,
         node_name,
@@ -163,8 +181,14 @@ def nvml_exporter(
     def gpu_to_pods(uuid: str) -> list[PodRef]:
         return [a.pod for a in latest["value"].devices.get(uuid, ())]
 
+    def live_pods(state) -> list[PodRef]:
+        """Pods the API server says run on this node (all of them when it is not asked)."""
+        if watch is None:
+            return [a.pod for held in state.attribution.devices.values() for a in held]
+        return [PodRef(p.namespace, p.name, "", p.uid) for p in watch.pods()]
+
     collectors, collective_stops, hooks = _collective_parts(
-        probe_socket, node, resolve_pid, inspector_dir, gpu_to_pods, sys_root
+        probe_socket, node, resolve_pid, inspector_dir, gpu_to_pods, sys_root, live_pods
     )
     stops.extend(collective_stops)
     return Exporter(

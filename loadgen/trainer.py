@@ -45,6 +45,16 @@ class StepTiming:
     last: bool = False  # some rank voted this the phase's last step
 
 
+def _adamw(params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    """AdamW with the fused kernel (one pass over all parameters; on the CPU too since
+    torch 2.4, where it is several times faster than the per-tensor loop)."""
+    options = {"lr": lr, "betas": (0.9, 0.95), "weight_decay": 0.01}
+    try:
+        return torch.optim.AdamW(params, fused=True, **options)
+    except (RuntimeError, ValueError):  # older torch: fused on GPUs only
+        return torch.optim.AdamW(params, **options)
+
+
 class _GpuBusy:
     """Sums CUDA-event time over the spans of a step where the GPU has work."""
 
@@ -90,9 +100,7 @@ class Trainer:
         )
         params = list(self.model.parameters())
         self.n_params = sum(p.numel() for p in params)
-        self.optimizer = torch.optim.AdamW(
-            params, lr=lr, betas=(0.9, 0.95), weight_decay=0.01, fused=self.cuda or None
-        )
+        self.optimizer = _adamw(params, lr)
         self.flat_grads = torch.zeros(self.n_params + 1, device=device)
         offset = 0
         for p in params:

@@ -3,7 +3,7 @@ InfiniBand/NVLink/PCIe link counters, as collectors plus the hooks that feed the
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from exporter.attribution import PodRef
 from exporter.collective.aggregator import CollectiveAggregator
@@ -21,11 +21,13 @@ def build(
     inspector_dir: str | None = None,
     gpu_to_pods: Callable[[str], list[PodRef]] | None = None,
     sys_root: str | None = None,
+    live_pods: Callable[[ExporterState], Iterable[PodRef]] | None = None,
 ) -> tuple[list[object], list[Callable[[], None]], list[Callable[[ExporterState], None]]]:
     """(collectors, stop callbacks, after-collection hooks) for the exporter.
 
     The probe listener starts here (it needs its socket before training starts); the
     Inspector files and link counters are read once per collection, never by a scrape.
+    `live_pods` names the pods that still exist; the others' collective series go.
     """
     aggregator = CollectiveAggregator()
     stops: list[Callable[[], None]] = []
@@ -36,10 +38,14 @@ def build(
     inspector = None
     if inspector_dir:
         inspector = InspectorReader(inspector_dir, gpu_to_pods or (lambda uuid: []))
-    collector = CollectiveCollector(aggregator, node, inspector=inspector, infiniband_sys_root=sys_root)
+    collector = CollectiveCollector(
+        aggregator, node, inspector=inspector, infiniband_sys_root=sys_root
+    )
 
     def refresh(state: ExporterState) -> None:
         gpus = state.snapshot.gpus if state.snapshot else ()
         collector.refresh(gpus, state.attribution)
+        if live_pods is not None:
+            aggregator.retain_pods(live_pods(state))
 
     return [collector], stops, [refresh]

@@ -156,3 +156,65 @@ def test_api_server_down_keeps_names_already_known(node):
     text = collect(exporter, nvml, times=2)
     util = {s.labels["pod"]: s.value for s in samples(text, "gpuledger_pod_gpu_utilization_ratio")}
     assert util["nb-a"] == pytest.approx(0.45)
+
+
+def test_probe_reports_are_attributed_by_cgroup_and_go_with_the_pod(tmp_path):
+    """A training process reports over the probe socket; the exporter names its pod from
+    the kernel (peer pid -> /proc/<pid>/cgroup -> pod watch) and drops the series once
+    the API server says the pod is gone."""
+    import os
+    import socket as socketlib
+
+    from gpuledger import probe_wire as wire
+    from tests.realservices import wait_until
+
+    proc = tmp_path / "proc"
+    pod_process(proc, os.getpid(), POD_A_UID, CID_A)  # this test process plays the trainer
+    probe_socket = str(tmp_path / "probe.sock")
+    nvml = make_fake_pynvml([fake_gpu(0)])
+    with FakeKubeApiServer() as api:
+        api.add(make_pod("nb-a", "team-a", node=NODE, uid=POD_A_UID, containers={"lab": CID_A}))
+        exporter = nvml_exporter(
+            NODE,
+            kubelet_socket=None,
+            proc_root=str(proc),
+            nvml=nvml,
+            api_client=api.api_client(),
+            sys_root=None,
+            probe_socket=probe_socket,
+        )
+        try:
+            wait_synced(exporter)
+            report = wire.Report(
+                instance="ab12",
+                seq=1,
+                uptime_s=1.0,
+                dropped_reports=0,
+                ops={
+                    "all_reduce": wire.OpReport(
+                        bytes=4096, bus_bytes=4096.0, seconds=0.5, calls=2, world_size=2
+                    )
+                },
+            )
+            with socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM) as client:
+                client.connect(probe_socket)
+                client.sendall(wire.encode(report))
+
+                def reported():
+                    exporter.loop.collect_once()
+                    text = exporter.renderer.render().decode()
+                    return [
+                        s
+                        for s in samples(text, "gpuledger_collective_bytes_total")
+                        if s.labels["pod"] == "nb-a"
+                    ]
+
+                (sample,) = wait_until(reported, timeout=10, what="probe bytes in the exposition")
+                assert sample.value == 4096
+                assert (
+                    sample.labels["namespace"] == "team-a" and sample.labels["container"] == "lab"
+                )
+                api.delete("v1", "Pod", "nb-a", namespace="team-a")
+                wait_until(lambda: not reported(), timeout=10, what="series gone with the pod")
+        finally:
+            exporter.stop()
