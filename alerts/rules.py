@@ -186,13 +186,11 @@ def recording_groups(config: RulesConfig) -> list[dict[str, Any]]:
             f" / (sum by ({collective_by}) (rate({c.COLLECTIVE_SECONDS.name}{sel}[{w}])) > 0),"
             f" {workload})",
         ),
-        record(
-            n.workload_busbw,
-            f"sum by ({by_workload}) (label_replace(sum by ({collective_by})"
-            f" (rate({c.COLLECTIVE_BUS_BYTES.name}{sel}[{w}])), {workload}))"
-            f" / (sum by ({by_workload}) (label_replace(sum by ({collective_by})"
-            f" (rate({c.COLLECTIVE_SECONDS.name}{sel}[{w}])), {workload})) > 0)",
-        ),
+        # A workload's bandwidth is its least-waiting rank's: a rank that arrives late to
+        # a collective barely waits in it, so its bus bandwidth is the links' own, while
+        # its peers' time includes waiting for it. A straggler then leaves this figure
+        # alone (GpuledgerCollectiveStraggler is for it) and only slower links lower it.
+        record(n.workload_busbw, f"max by ({by_workload}) ({n.pod_busbw})"),
     ]
     return [
         {"name": "gpuledger.usage.rules", "rules": usage},

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import resource
 import shutil
@@ -612,6 +613,7 @@ def main() -> int:
             ledger_path = work / "ledger.sqlite"
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{ledger_path}{suffix}").unlink(missing_ok=True)
+            load_before = os.getloadavg()[0]
             t0 = time.monotonic()
             child = subprocess.run(
                 [
@@ -634,6 +636,7 @@ def main() -> int:
                 return 1
             result = json.loads(child.stdout.strip().splitlines()[-1])
             prometheus_rss = _vm_hwm_mb(server.process.pid)
+            result["load"] = (load_before + os.getloadavg()[0]) / 2
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -684,7 +687,8 @@ def print_table(
         ),
         "| floor: bare pandas sum by namespace | {:.2f} | |".format(r["floor_groupby_s"]),
         "",
-        f"total cost of the month: {r['total_cost']:,.2f} USD (default price book)",
+        f"total cost of the month: {r['total_cost']:,.2f} USD (default price book); "
+        f"load average during the run ~{r['load']:.1f} on {os.cpu_count()} CPUs",
     ]
     print("\n".join(lines))
 

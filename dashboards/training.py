@@ -119,7 +119,8 @@ def build(ctx: Context) -> db.Dashboard:
         .with_panel(
             timeseries_panel(
                 "Bus bandwidth per operation",
-                "Bus bytes per second of collective time, over all the job's pods.",
+                "Bus bytes per second of collective time, over all the job's pods; their time "
+                "includes waiting for late ranks, so a straggler lowers it too.",
                 [
                     target(
                         f"sum by (operation) ({bus}) / sum by (operation) ({seconds})",
