@@ -185,14 +185,17 @@ class Firing:
 
 
 def firings(prometheus: Prometheus, start: float, end: float, step: float = 1.0) -> list[Firing]:
-    """Every stretch of firing of every alert series, from Prometheus' ALERTS series."""
+    """Every stretch of firing of every alert series, from the raw samples of Prometheus'
+    ALERTS series (their timestamps are the rule evaluations', not a query step's)."""
     found = []
-    result = prometheus.query_range('ALERTS{alertstate="firing"}', start, end, step)
+    window = f"{max(1, int(end - start) + 1)}s"
+    result = prometheus.query(f'ALERTS{{alertstate="firing"}}[{window}]', time=end)
     for series in result:
         labels = {k: v for k, v in series["metric"].items() if k not in ("__name__", "alertstate")}
         previous = None
         for ts, _ in series["values"]:
             ts = float(ts)
+            # A gap of more than an evaluation and a half: it stopped firing, then began again.
             if previous is None or ts - previous > 1.5 * step:
                 found.append(Firing(labels["alertname"], labels, ts))
             previous = ts
