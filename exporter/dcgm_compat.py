@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, Metric, UnknownMetricFamily
 
 from exporter.attribution import PodRef
 from exporter.model import GpuReading
@@ -83,7 +83,9 @@ class DcgmCompatCollector:
         fb_used = GaugeMetricFamily(
             "DCGM_FI_DEV_FB_USED", "Framebuffer memory used (in MiB).", labels=LABELS
         )
-        energy = CounterMetricFamily(
+        # dcgm-exporter declares it a counter without `_total`; prometheus_client would add
+        # the suffix to a counter and break day-one queries, so it goes out untyped.
+        energy = UnknownMetricFamily(
             "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION",
             "Total energy consumption since boot (in mJ).",
             labels=LABELS,

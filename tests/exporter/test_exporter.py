@@ -149,8 +149,8 @@ def test_dcgm_compat_names_units_and_labels():
     }
     assert fb["0"] == pytest.approx(40 * 1024)  # MiB
     energy = parsed["DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION"]
-    assert energy.type == "counter"
     sample = next(s for s in energy.samples if s.labels["gpu"] == "0")
+    assert sample.name == "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION"  # dcgm-exporter's name, no _total
     assert sample.value == pytest.approx(1_000_000)  # mJ
     assert set(sample.labels) == {
         "gpu",
