@@ -3,6 +3,7 @@
     gpuledger accounting ingest --prometheus URL [--from T --to T] [--ledger URL]
                                 [--price-book FILE] [--resume]
     gpuledger accounting report --month YYYY-MM --out DIR [--ledger URL] [--idle share]
+    gpuledger accounting serve --prometheus URL [--listen HOST:PORT] [--api-token-file F]
 
 The option helpers (`add_ledger_option`, `add_price_book_option`, `add_team_options`,
 `add_prometheus_options`) are shared by every subcommand, `serve` included.
@@ -28,6 +29,7 @@ from accounting.ingest import (
 from accounting.ledger import Ledger, LedgerError, default_ledger_url
 from accounting.pricebook import DEFAULT_PRICE_BOOK, PriceBookError, load_price_book
 from accounting.prometheus import PrometheusClient, PrometheusError
+from accounting.service import add_serve
 
 # Errors a user can fix; each message says how. Exit 2 for bad input, 1 for the rest.
 _BAD_INPUT = (PriceBookError, PeriodError, IngestError, OSError)
@@ -226,6 +228,7 @@ def _add_report(parser: argparse.ArgumentParser) -> None:
 
 
 def run_report(args: argparse.Namespace) -> int:
+    from accounting.html_report import write_html_report
     from accounting.reports import build_report, write_report
 
     price_book = load_price_book(args.price_book)
@@ -246,6 +249,7 @@ def run_report(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     paths = write_report(report, args.out)
+    paths.append(write_html_report(report, args.out))
     print(f"{report.month}: {report.total_cost} {report.currency} in {len(paths)} files:")
     for path in paths:
         print(f"  {path}")
@@ -257,7 +261,8 @@ def run_report(args: argparse.Namespace) -> int:
 # the HTTP API and cost metrics) registers here in the same way.
 SUBCOMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], str]] = {
     "ingest": (_add_ingest, "ingest hours of GPU usage from Prometheus into the ledger"),
-    "report": (_add_report, "write a month's chargeback: CSV, Parquet, FOCUS"),
+    "report": (_add_report, "write a month's chargeback: CSV, Parquet, FOCUS, HTML"),
+    "serve": (add_serve, "hourly ingestion, the read-only allocation API and cost metrics"),
 }
 
 

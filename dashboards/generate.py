@@ -17,7 +17,7 @@ import yaml
 from grafana_foundation_sdk.builders import dashboard as db
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 
-from dashboards import exporter_health, fleet, node, training
+from dashboards import cost, exporter_health, fleet, node, training
 from dashboards.common import Context, ref_ids
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,6 +30,7 @@ BUILDERS: dict[str, Callable[[Context], db.Dashboard]] = {
     node.UID: node.build,
     training.UID: training.build,
     exporter_health.UID: exporter_health.build,
+    cost.UID: cost.build,
 }
 
 

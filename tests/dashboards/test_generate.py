@@ -31,12 +31,13 @@ def test_committed_files_are_current() -> None:
     assert generate.stale_files() == [], "run `python -m gpuledger.cli dashboards generate`"
 
 
-def test_the_four_dashboards_exist(models: dict[str, dict]) -> None:
+def test_the_five_dashboards_exist(models: dict[str, dict]) -> None:
     assert set(models) == {
         "gpuledger-fleet",
         "gpuledger-node",
         "gpuledger-training",
         "gpuledger-exporter",
+        "gpuledger-cost",
     }
     for uid, model in models.items():
         assert model["uid"] == uid
@@ -49,10 +50,13 @@ def test_variables(models: dict[str, dict]) -> None:
         "gpuledger-node": {"gpu"},
         "gpuledger-training": {"workload"},
         "gpuledger-exporter": set(),
+        # Money is per team and namespace, not per node: the cost dashboard has no node.
+        "gpuledger-cost": {"team", "currency"},
     }
     for uid, model in models.items():
         names = {v["name"] for v in model["templating"]["list"]}
-        assert names == REQUIRED_VARIABLES | expected[uid], uid
+        required = REQUIRED_VARIABLES - {"node"} if uid == "gpuledger-cost" else REQUIRED_VARIABLES
+        assert names == required | expected[uid], uid
         for variable in model["templating"]["list"]:
             if variable["type"] == "query":
                 assert variable["datasource"] == {"type": "prometheus", "uid": "${datasource}"}

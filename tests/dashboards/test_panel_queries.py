@@ -179,8 +179,13 @@ def resolve_variables(prometheus: Prometheus, model: dict) -> dict[str, str]:
     return values
 
 
+# The cost dashboard reads the accounting service's metrics: its panels are proven in
+# tests/dashboards/test_cost_dashboard.py against a real accounting service.
+EXPORTER_DASHBOARDS = [uid for uid in generate.BUILDERS if uid != "gpuledger-cost"]
+
+
 @pytest.mark.integration
-@pytest.mark.parametrize("uid", list(generate.BUILDERS))
+@pytest.mark.parametrize("uid", EXPORTER_DASHBOARDS)
 def test_every_panel_query_returns_data(stack: Stack, uid: str) -> None:
     model = generate.build(uid, CONTEXT)
     values = resolve_variables(stack.prometheus, model)
