@@ -8,8 +8,9 @@ the cost of held-but-idle time, and each row's share of unallocated capacity. Mo
 columns are `Decimal` to the cent and each sums exactly to the cluster's cost
 (docs/cost-model.md).
 
-The frame's `attrs` carry the period, currency, total cost, idle mode and the hours the
-ledger has of the period, so that every report made from it can state its coverage.
+The frame's `attrs` carry the period, currency, total cost, idle mode, the hours the
+ledger has of the period (done and provisional) and the GPUs' device sources (whether
+any was simulated), so that every report made from it can state its coverage.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from accounting.ledger import HOUR, Ledger
 from accounting.pricebook import PriceBook
 
 UNLABELLED = "__unlabelled__"
+SIMULATED = "simulated"  # the exporter's source label of simulated GPUs
 DIMENSIONS = (
     "team",
     "namespace",
@@ -160,12 +162,31 @@ def load_period(
         price_book=price_book,
         teams=teams,
     )
-    ingested = set(ledger.hours_frame(start, end)["hour"].astype(int))
-    prepared.coverage = {
-        "hours_ingested": len(ingested),
-        "missing_hours": [h for h in range(start, end, HOUR) if h not in ingested],
-    }
+    prepared.coverage = coverage(ledger, start, end)
     return prepared
+
+
+def coverage(ledger: Ledger, start: int, end: int) -> dict[str, Any]:
+    """What the ledger has of [start, end), for every report to state.
+
+    `missing_hours`: neither done nor provisional. `provisional_hours`: in the numbers but
+    not final (`provisional_through`: the latest time they hold). `gpu_hours_by_source`:
+    GPU-hours by the exporter's device source (nvml, simulated, unknown); `simulated` is
+    true when any GPU of the period was simulated.
+    """
+    ingested = set(ledger.hours_frame(start, end)["hour"].astype(int))
+    provisional = ledger.provisional(start, end)
+    sources = ledger.gpu_hours_by_source(start, end)
+    return {
+        "hours_ingested": len(ingested),
+        "missing_hours": [
+            h for h in range(start, end, HOUR) if h not in ingested and h not in provisional
+        ],
+        "provisional_hours": sorted(provisional),
+        "provisional_through": max(provisional.values()) if provisional else None,
+        "gpu_hours_by_source": sources,
+        "simulated": sources.get(SIMULATED, 0) > 0,
+    }
 
 
 def chargeback(

@@ -6,8 +6,9 @@ writes it next to the CSV, Parquet and FOCUS files. Four charts (inline SVG, see
 that wasted most; each with its table, and the month's totals and coverage on top.
 Nothing is fetched when the page opens (no scripts, fonts or styles from elsewhere).
 
-Reports made from simulated GPUs (the exporter's series labelled source="simulated")
-carry a banner that says so on every view and in the page title.
+Reports made from simulated GPUs (the exporter's series labelled source="simulated",
+recorded in the ledger at ingestion: `Report.simulated`) carry a banner that says so on
+every view and in the page title. Provisional hours (the hour in progress) are named.
 """
 
 from __future__ import annotations
@@ -25,9 +26,7 @@ import pandas as pd
 
 from accounting.charts import Bar, Segment, horizontal_bars, stacked_columns
 from accounting.costmodel import IDLE, UNATTRIBUTED, WORKLOAD
-from accounting.prometheus import PrometheusClient
 from accounting.reports import Report
-from exporter import catalogue
 
 # Colours: one per meaning, the same in every chart and legend.
 USED_COLOUR = "#2563eb"  # the part of a team's cost its GPUs were busy
@@ -50,17 +49,6 @@ TEAM_PALETTE = (
 
 MAX_TEAM_BARS = 14
 CURRENCY_SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£", "JPY": "¥"}
-
-
-def simulated_in_prometheus(client: PrometheusClient, start: int, end: int) -> bool:
-    """Whether any GPU series of [start, end) says source="simulated".
-
-    The ledger does not record the exporter's `source` label, so a report asks the
-    Prometheus it was ingested from.
-    """
-    metric = catalogue.GPU_SAMPLED_SECONDS.name
-    promql = f'group(last_over_time({metric}{{source="simulated"}}[{max(1, end - start)}s]))'
-    return bool(client.query(promql, end))
 
 
 def html_report_path(out_dir: str | Path, month: str) -> Path:
@@ -415,23 +403,45 @@ def _period_line(report: Report) -> str:
     return (
         f"<p class=meta>{_stamp(report.start)} to {_stamp(report.end)} (UTC) · prices from "
         f"{escape(report.price_book or 'the price book')} · idle shown as "
-        f"{'its own row' if report.idle == 'row' else 'shared out to the teams'} · made {made}</p>"
+        f"{'its own row' if report.idle == 'row' else 'shared out to the teams'} · "
+        f"{escape(_sources(report))} · made {made}</p>"
+    )
+
+
+def _sources(report: Report) -> str:
+    """Where the GPU readings came from: the exporter's device sources, by GPU-hours."""
+    sources = report.gpu_hours_by_source
+    if not sources:
+        return "GPU source: none recorded"
+    return "GPU source: " + ", ".join(
+        f"{name} ({gpu_hours:,} GPU-hours)" for name, gpu_hours in sources.items()
     )
 
 
 def _coverage(report: Report) -> str:
-    if not report.missing_hours:
-        return (
+    parts = []
+    if report.complete:
+        parts.append(
             f'<p class="coverage ok">Complete: all {report.hours_expected} hours of the month '
             "are in the ledger.</p>"
         )
-    first = _stamp(report.missing_hours[0])
-    return (
-        f'<p class="coverage partial" id="coverage-warning">Partial: the ledger has '
-        f"{report.hours_ingested} of {report.hours_expected} hours of the month; "
-        f"{len(report.missing_hours)} hours are missing (the first at {first}). Costs cover "
-        "only the hours present; run `gpuledger accounting ingest` for the rest.</p>"
-    )
+    elif report.missing_hours:
+        first = _stamp(report.missing_hours[0])
+        parts.append(
+            f'<p class="coverage partial" id="coverage-warning">Partial: the ledger has '
+            f"{report.hours_ingested} of {report.hours_expected} hours of the month; "
+            f"{len(report.missing_hours)} hours are missing (the first at {first}). Costs cover "
+            "only the hours present; run `gpuledger accounting ingest` for the rest.</p>"
+        )
+    if report.provisional_hours:
+        through = report.provisional_through
+        parts.append(
+            f'<p class="coverage partial" id="provisional-note">Provisional: '
+            f"{len(report.provisional_hours)} hour(s) from {_stamp(report.provisional_hours[0])} "
+            f"are not final; their data runs to {_stamp(through) if through else 'now'}. The "
+            "next ingestion of those hours replaces them.</p>"
+        )
+    return "\n".join(parts)
 
 
 def _cards(report: Report, money) -> str:

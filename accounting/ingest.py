@@ -4,7 +4,14 @@ For each UTC hour, the `increase()` of the exporter's counters over that hour, s
 per pod and device class (namespace, pod, node, GPU model, sharing) and per node and
 GPU model for capacity. `increase()` handles counter resets (exporter restarts) and
 missed scrapes. Queries go out in chunks of hours, each a `query_range` with a one-hour
-step, so a month is never asked for at once.
+step, so a month is never asked for at once; answers are read into numpy columns and
+joined there, and a chunk's hours are written in one transaction.
+
+The GPUs' device source (the exporter's `source` label: nvml, or simulated) is recorded
+per hour, so that every report made from simulated GPUs says so.
+
+`Ingestor.run_until` also ingests the hour in progress: its rows are written as a
+provisional hour (in reports, marked so; not done), which the next run replaces.
 
 Guarantees (docs/cost-model.md, section 8):
 - an hour's rows and its "done" mark are one transaction: re-running replaces it;
@@ -12,24 +19,40 @@ Guarantees (docs/cost-model.md, section 8):
   done hours; metadata merges are order-free);
 - a chunk with partial data (warnings, a node's capacity missing, a whole hour missing
   between hours with data) or an unpriced GPU model writes nothing;
-- an hour that Prometheus no longer has is never overwritten with nothing.
+- an hour that Prometheus no longer has is never overwritten with nothing;
+- a provisional hour is never marked done: the next run that covers it ingests it again.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import re
 import time
-from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
 
 from accounting.kube import KubeUnavailable, ObjectRef, OwnerResolver
-from accounting.ledger import HOUR, Ledger, PodMetadata
+from accounting.ledger import (
+    CAPACITY_COLUMNS,
+    GPU_SOURCE_COLUMNS,
+    HOUR,
+    USAGE_COLUMNS,
+    Ledger,
+    PodMetadata,
+)
 from accounting.pricebook import PriceBook
-from accounting.prometheus import PartialDataError, PrometheusClient, Sample
+from accounting.prometheus import (
+    MAX_POINTS_PER_SERIES,
+    PartialDataError,
+    PrometheusClient,
+    PrometheusQueryError,
+    Sample,
+)
 from exporter import catalogue
 
 log = logging.getLogger(__name__)
@@ -54,10 +77,13 @@ _GPU_NODES = f"group by (node) (last_over_time({_SAMPLED}[{{range}}]))"
 
 @dataclass(frozen=True)
 class IngestQueries:
-    """The PromQL ingestion runs. `{window}` is one hour; `{range}` the chunk.
+    """The PromQL ingestion runs. `{window}` is one hour (or the part of an hour that a
+    provisional hour holds); `{range}` the chunk.
 
     Replace them (e.g. with recording rules) to make large clusters cheaper to ask;
-    the result labels must stay the same.
+    the result labels must stay the same. `gpus` counts GPUs by (node, model, source):
+    `source` is the exporter's device source (nvml, simulated); an answer without it
+    records the GPUs' source as unknown.
     """
 
     held: str = _pod_sum(_ALLOC)
@@ -66,7 +92,8 @@ class IngestQueries:
     energy: str = _pod_sum(catalogue.POD_GPU_ENERGY.name)
     capacity: str = _gpu_sum(_SAMPLED)
     gpus: str = (
-        f"count by (node, model) (group by (node, model, uuid) (increase({_SAMPLED}[{{window}}])))"
+        "count by (node, model, source) "
+        f"(group by (node, model, uuid, source) (increase({_SAMPLED}[{{window}}])))"
     )
     gpu_busy: str = _gpu_sum(catalogue.GPU_BUSY_SECONDS.name)
     gpu_energy: str = _gpu_sum(catalogue.GPU_ENERGY.name)
@@ -101,6 +128,7 @@ class IngestResult:
     hours_written: int = 0
     hours_skipped: int = 0  # done already (resume)
     hours_kept: list[int] = field(default_factory=list)  # Prometheus had nothing; ledger kept
+    hours_provisional: list[int] = field(default_factory=list)  # written, not done
     usage_rows: int = 0
     pods_resolved_by_api: int = 0
     seconds_total: float = 0.0
@@ -119,14 +147,31 @@ class IngestResult:
 
 @dataclass
 class ChunkData:
-    """Everything one chunk of hours puts in the ledger, checked, before any write."""
+    """Everything one chunk of hours puts in the ledger, checked, before any write.
+
+    The frames have the ledger's columns (USAGE_COLUMNS, CAPACITY_COLUMNS,
+    GPU_SOURCE_COLUMNS), sorted by key. `provisional_through`: the chunk is one hour
+    whose data runs to that time (see `Ingestor.run_until`).
+    """
 
     hours: list[int]
-    usage: dict[int, list[dict]]
-    capacity: dict[int, list[dict]]
+    usage: pd.DataFrame
+    capacity: pd.DataFrame
+    gpu_sources: pd.DataFrame
     pods: list[PodMetadata]
     namespaces: dict[str, tuple[dict[str, str], int]]
     nodes: dict[str, tuple[dict[str, str], int]]
+    provisional_through: int | None = None
+
+
+@dataclass
+class _Answer:
+    """One query's answer as columns: each point's series, hour and value."""
+
+    labels: list[dict[str, str]]  # per series
+    series: np.ndarray  # per point: index into labels
+    hours: np.ndarray  # per point: the hour the value is of
+    values: np.ndarray  # per point
 
 
 Progress = Callable[[int, int, int], None]  # hours done, hours in total, last hour
@@ -145,8 +190,8 @@ class Ingestor:
         progress: Progress | None = None,
         allow_gaps: bool = False,
     ) -> None:
-        if chunk_hours < 1:
-            raise ValueError("chunk_hours must be at least 1")
+        if not 1 <= chunk_hours < MAX_POINTS_PER_SERIES:
+            raise ValueError(f"chunk_hours must be from 1 to {MAX_POINTS_PER_SERIES - 1}")
         self.client = client
         self.ledger = ledger
         self.price_book = price_book
@@ -162,6 +207,46 @@ class Ingestor:
         """Ingest the hours in [start, end) (both on hour boundaries)."""
         if start % HOUR or end % HOUR:
             raise ValueError("start and end must be on hour boundaries")
+        return self._run(start, end, resume=resume, provisional={})
+
+    def run_until(
+        self,
+        start: int,
+        until: float,
+        *,
+        now: float | None = None,
+        settle_seconds: int = 300,
+        resume: bool = False,
+    ) -> IngestResult:
+        """Ingest from `start` (on an hour) up to `until`, which may be inside an hour.
+
+        Hours that ended `settle_seconds` or more before `now` (default: the clock) are
+        ingested as usual and marked done. The rest are written provisional: the hour
+        that `until` falls in, with its data up to `until`, and hours that ended too
+        recently for every scrape to have arrived. A provisional hour's rows are in
+        reports, which say so; it is not done, so the next run that covers it (`resume`,
+        `plan_range`, the schedule) ingests it again and marks it done.
+        """
+        now = time.time() if now is None else now
+        if start % HOUR:
+            raise ValueError("start must be on an hour boundary")
+        if until > now:
+            raise IngestError(
+                f"cannot ingest up to {iso(int(until))}: it is in the future (now {iso(int(now))})"
+            )
+        until = int(until)
+        if until <= start:
+            raise IngestError(f"--from {iso(start)} is not before {iso(until)}")
+        settled = min(floor_hour(until), floor_hour(now - settle_seconds))
+        settled = max(settled, start)
+        provisional = {
+            hour: min(until, hour + HOUR) for hour in range(settled, until, HOUR) if hour < until
+        }
+        return self._run(start, settled, resume=resume, provisional=provisional)
+
+    def _run(
+        self, start: int, end: int, *, resume: bool, provisional: Mapping[int, int]
+    ) -> IngestResult:
         started = time.monotonic()
         prometheus_before = self.client.stats.seconds_waiting
         result = IngestResult()
@@ -170,42 +255,72 @@ class Ingestor:
             done = self.ledger.done_hours(start, end)
             result.hours_skipped = len(done)
             hours = [h for h in hours if h not in done]
-        total, finished = len(hours) + result.hours_skipped, result.hours_skipped
+        total = len(hours) + result.hours_skipped + len(provisional)
+        finished = result.hours_skipped
         for chunk in _chunks(hours, self.chunk_hours):
             data = self.fetch(chunk)
-            ledger_started = time.monotonic()
-            self._write(data, result)
-            result.seconds_ledger += time.monotonic() - ledger_started
+            self._timed_write(data, result)
             finished += len(chunk)
             if self.progress:
                 self.progress(finished, total, chunk[-1])
+        for hour, through in sorted(provisional.items()):
+            data = self.fetch([hour], through=through)
+            self._timed_write(data, result)
+            finished += 1
+            if self.progress:
+                self.progress(finished, total, hour)
         result.seconds_total = time.monotonic() - started
         result.seconds_prometheus = self.client.stats.seconds_waiting - prometheus_before
         result.seconds_kube = self._kube_seconds
         return result
 
-    def fetch(self, hours: list[int]) -> ChunkData:
-        """Query one chunk of contiguous hours and check it; writes nothing."""
-        first, last = hours[0], hours[-1]
-        q = self.queries
-        ranged = {}
-        for name in (*_USAGE_QUERIES, *_CAPACITY_QUERIES):
-            promql = getattr(q, name).format(window="1h")
-            # The value at h + 1h is the increase over the hour that starts at h.
-            ranged[name] = self.client.query_range(promql, first + HOUR, last + HOUR, HOUR)
-        usage = _by_hour(ranged, _USAGE_QUERIES, POD_KEY, _usage_row, set(hours))
-        capacity = _by_hour(ranged, _CAPACITY_QUERIES, CAPACITY_KEY, _capacity_row, set(hours))
+    def fetch(self, hours: list[int], *, through: int | None = None) -> ChunkData:
+        """Query one chunk of contiguous hours and check it; writes nothing.
+
+        With `through`: `hours` is one hour, read up to that time (a provisional hour).
+        """
+        if through is not None and (len(hours) != 1 or not hours[0] < through <= hours[0] + HOUR):
+            raise ValueError("a provisional fetch is of one hour, through a time inside it")
+        answers = {
+            name: self._answer(getattr(self.queries, name), hours, through)
+            for name in (*_USAGE_QUERIES, *_CAPACITY_QUERIES)
+        }
+        usage = _usage_frame(answers, hours)
+        capacity, gpu_sources = _capacity_frames(answers, hours)
         self._check(hours, usage, capacity)
-        pods, namespaces, nodes = self._metadata(hours, usage)
-        return ChunkData(hours, usage, capacity, pods, namespaces, nodes)
+        end = hours[-1] + HOUR if through is None else through
+        pods, namespaces, nodes = self._metadata(hours[0], end, usage)
+        return ChunkData(hours, usage, capacity, gpu_sources, pods, namespaces, nodes, through)
+
+    def _answer(self, template: str, hours: list[int], through: int | None) -> _Answer:
+        """One usage or capacity query over the chunk: a range query whose value at
+        h + 1h is the increase over the hour that starts at h; for a provisional hour,
+        an instant query at `through` over the part of the hour up to it."""
+        if through is None:
+            promql = template.format(window="1h")
+            params = {
+                "query": promql,
+                "start": str(hours[0] + HOUR),
+                "end": str(hours[-1] + HOUR),
+                "step": str(HOUR),
+            }
+            # Columns straight from the JSON: no Python object per point.
+            # (chunk_hours < MAX_POINTS_PER_SERIES: one request is enough.)
+            answer = _columns(self.client._call("query_range", params), promql)
+            answer.hours = np.rint(answer.hours).astype(np.int64) - HOUR
+            return answer
+        promql = template.format(window=f"{through - hours[0]}s")
+        answer = _columns(
+            self.client._call("query", {"query": promql, "time": str(through)}), promql
+        )
+        answer.hours = np.full(len(answer.values), hours[0], dtype=np.int64)
+        return answer
 
     # ---------------------------------------------------------------- checks
-    def _check(
-        self, hours: list[int], usage: dict[int, list[dict]], capacity: dict[int, list[dict]]
-    ) -> None:
-        with_data = [h for h in hours if capacity.get(h)]
+    def _check(self, hours: list[int], usage: pd.DataFrame, capacity: pd.DataFrame) -> None:
+        with_data = sorted(set(capacity["hour"].tolist()))
         if with_data and not self.allow_gaps:
-            holes = [h for h in hours if with_data[0] < h < with_data[-1] and not capacity.get(h)]
+            holes = [h for h in hours if with_data[0] < h < with_data[-1] and h not in with_data]
             if holes:
                 raise PartialDataError(
                     f"Prometheus has no GPU data at all for {iso(holes[0])}"
@@ -214,45 +329,55 @@ class Ingestor:
                     "Nothing was written for this chunk; ingest it again when the data is "
                     "back, or pass --allow-gaps to record those hours as empty"
                 )
-        seen: dict[str, str] = {}
-        for hour in hours:
-            for row in capacity.get(hour, []) + usage.get(hour, []):
-                seen.setdefault(row["model"], f"node {row['node']} at {iso(hour)}")
-            nodes_with_capacity = {row["node"] for row in capacity.get(hour, [])}
-            missing = sorted({row["node"] for row in usage.get(hour, [])} - nodes_with_capacity)
-            if missing:
-                raise PartialDataError(
-                    f"partial data for the hour {iso(hour)}: pods used GPUs on "
-                    f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} but "
-                    f"{catalogue.GPU_SAMPLED_SECONDS.name} has no capacity there. A store or "
-                    "shard did not answer, or the exporter's GPU series are missing; nothing "
-                    "was written for this chunk"
-                )
-        self.price_book.check(seen.items())
+        used = usage[["hour", "node"]].drop_duplicates()
+        held = capacity[["hour", "node"]].drop_duplicates()
+        lacking = used.merge(held, how="left", indicator=True)
+        lacking = lacking[lacking["_merge"] == "left_only"]
+        if not lacking.empty:
+            hour = int(lacking["hour"].min())
+            missing = sorted(lacking.loc[lacking["hour"] == hour, "node"].tolist())
+            raise PartialDataError(
+                f"partial data for the hour {iso(hour)}: pods used GPUs on "
+                f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} but "
+                f"{catalogue.GPU_SAMPLED_SECONDS.name} has no capacity there. A store or "
+                "shard did not answer, or the exporter's GPU series are missing; nothing "
+                "was written for this chunk"
+            )
+        # Where each GPU model was first seen, for the price book's message.
+        seen = pd.concat(
+            [
+                capacity[["hour", "node", "model"]].assign(order=0),
+                usage[["hour", "node", "model"]].assign(order=1),
+            ],
+            ignore_index=True,
+        )
+        seen = seen.sort_values(["hour", "order"], kind="stable").drop_duplicates("model")
+        self.price_book.check(
+            (model, f"node {node} at {iso(hour)}")
+            for hour, node, model in zip(
+                seen["hour"].tolist(), seen["node"].tolist(), seen["model"].tolist(), strict=True
+            )
+        )
 
     # ---------------------------------------------------------------- metadata
     def _metadata(
-        self, hours: list[int], usage: dict[int, list[dict]]
+        self, first: int, end: int, usage: pd.DataFrame
     ) -> tuple[list[PodMetadata], dict, dict]:
-        first, end = hours[0], hours[-1] + HOUR
         q = self.queries
         rng = f"{end - first}s"
 
         def instant(template: str) -> list[Sample]:
             return self.client.query(template.format(range=rng), end)
 
-        seen: dict[tuple[str, str], list[int]] = {}
-        nodes_of: dict[tuple[str, str], str] = {}
-        for hour in hours:
-            for row in usage.get(hour, []):
-                if not row["namespace"] or not row["pod"]:
-                    continue
-                key = (row["namespace"], row["pod"])
-                span = seen.setdefault(key, [hour, hour])
-                span[0], span[1] = min(span[0], hour), max(span[1], hour)
-                nodes_of[key] = row["node"]
-        if not seen:
+        named = usage[(usage["namespace"] != "") & (usage["pod"] != "")]
+        if named.empty:
             return [], {}, {}
+        # Rows are in (hour, key) order: a pod's node is the one of its last row.
+        spans = named.groupby(["namespace", "pod"], sort=True).agg(
+            first=("hour", "min"), last=("hour", "max"), node=("node", "last")
+        )
+        keys = list(spans.index)
+        seen = set(keys)
 
         owners: dict[tuple[str, str], ObjectRef] = {}
         for sample in sorted(
@@ -285,9 +410,15 @@ class Ingestor:
             for (node,), values in _labels_by(instant(q.node_labels), ("node",)).items()
         }
 
-        resolutions = self.ledger.pod_resolutions(seen) if self.resolver else {}
+        resolutions = self.ledger.pod_resolutions(keys) if self.resolver else {}
         pods = []
-        for key in sorted(seen):
+        for key, first_hour, last_hour, node in zip(
+            keys,
+            spans["first"].tolist(),
+            spans["last"].tolist(),
+            spans["node"].tolist(),
+            strict=True,
+        ):
             namespace, pod = key
             owner = owners.get(key)
             chain = [owner] if owner else []
@@ -296,15 +427,17 @@ class Ingestor:
                 if parent is None or not parent.kind:
                     break
                 chain.append(parent)
+            # As of the pod's last hour in the chunk (the end of the data for a
+            # provisional hour): the same whatever the chunking, so a resumed run merges
+            # to the same ledger as an uninterrupted one.
+            last_seen = min(int(last_hour) + HOUR, end)
             record = dict(
                 namespace=namespace,
                 pod=pod,
-                first_seen=seen[key][0],
-                last_seen=seen[key][1] + HOUR,
-                # As of the pod's last hour in the chunk: the same whatever the chunking,
-                # so a resumed run merges to the same ledger as an uninterrupted one.
-                observed_at=seen[key][1] + HOUR,
-                node=nodes_of[key],
+                first_seen=int(first_hour),
+                last_seen=last_seen,
+                observed_at=last_seen,
+                node=node,
                 labels=labels.get(key, {}),
                 gpu_request=requests.get(key),
                 resolved_by="kube-state-metrics" if chain else "none",
@@ -346,24 +479,43 @@ class Ingestor:
         )
 
     # ---------------------------------------------------------------- writes
+    def _timed_write(self, data: ChunkData, result: IngestResult) -> None:
+        started = time.monotonic()
+        try:
+            self._write(data, result)
+        finally:
+            result.seconds_ledger += time.monotonic() - started
+
     def _write(self, data: ChunkData, result: IngestResult) -> None:
         self.ledger.merge_metadata(data.pods, data.namespaces, data.nodes)
         result.pods_resolved_by_api += sum(p.resolved_by == "kube-api" for p in data.pods)
-        empty = [h for h in data.hours if not data.usage.get(h) and not data.capacity.get(h)]
+        with_rows = set(data.usage["hour"].tolist()) | set(data.capacity["hour"].tolist())
+        empty = [h for h in data.hours if h not in with_rows]
         keep = self.ledger.hours_with_capacity(empty)
-        for hour in data.hours:
-            if hour in keep:
-                log.warning(
-                    "Prometheus has no GPU data for %s (beyond its retention?); "
-                    "the ledger keeps what it has for that hour",
-                    iso(hour),
-                )
-                result.hours_kept.append(hour)
-                continue
-            rows = data.usage.get(hour, [])
-            self.ledger.write_hour(hour, rows, data.capacity.get(hour, []), self.client.url)
-            result.hours_written += 1
-            result.usage_rows += len(rows)
+        for hour in sorted(keep):
+            log.warning(
+                "Prometheus has no GPU data for %s (beyond its retention?); "
+                "the ledger keeps what it has for that hour",
+                iso(hour),
+            )
+        result.hours_kept.extend(sorted(keep))
+        hours = [h for h in data.hours if h not in keep]
+        if not hours:
+            return
+        # Every hour of the chunk in one transaction: done completely or not at all.
+        self.ledger.write_hours(
+            hours,
+            _tuples(data.usage, USAGE_COLUMNS),
+            _tuples(data.capacity, CAPACITY_COLUMNS),
+            self.client.url,
+            gpu_source_rows=_tuples(data.gpu_sources, GPU_SOURCE_COLUMNS),
+            provisional_through=data.provisional_through,
+        )
+        if data.provisional_through is None:
+            result.hours_written += len(hours)
+        else:
+            result.hours_provisional.extend(hours)
+        result.usage_rows += len(data.usage)
 
 
 # ---------------------------------------------------------------- helpers
@@ -379,62 +531,161 @@ def _chunks(hours: list[int], size: int) -> Iterator[list[int]]:
         yield run
 
 
-def _to_int(value: float) -> int:
-    # Milli-units, rounded once here so that every later sum is exact.
-    if not math.isfinite(value) or value <= 0:
-        return 0
-    return round(value * 1000)
+def _columns(data: Mapping[str, Any], promql: str) -> _Answer:
+    """A matrix or vector answer as arrays; hours still hold the points' times."""
+    kind = data.get("resultType")
+    result = data.get("result") or []
+    if kind == "matrix":
+        points = [r["values"] for r in result]
+    elif kind == "vector":
+        points = [[r["value"]] for r in result]
+    else:
+        raise PrometheusQueryError(f"unexpected result type {kind!r} for {promql!r}")
+    counts = np.fromiter(map(len, points), dtype=np.int64, count=len(points))
+    flat = [point for series in points for point in series]
+    return _Answer(
+        labels=[r["metric"] for r in result],
+        series=np.repeat(np.arange(len(points), dtype=np.int64), counts),
+        hours=np.fromiter((p[0] for p in flat), dtype=np.float64, count=len(flat)),
+        # Prometheus sends values as strings ("1.5", "NaN", "+Inf"): numpy parses them.
+        values=np.array([p[1] for p in flat], dtype=np.float64),
+    )
 
 
-def _usage_row(values: dict[str, float]) -> dict | None:
-    row = {
-        "held_ms": _to_int(values.get("held", 0.0)),
-        "busy_ms": _to_int(values.get("busy", 0.0)),
-        "memory_byte_seconds": max(0.0, values.get("memory", 0.0))
-        if math.isfinite(values.get("memory", 0.0))
-        else 0.0,
-        "energy_mj": _to_int(values.get("energy", 0.0)),
-    }
-    if not (row["held_ms"] or row["busy_ms"] or row["energy_mj"] or row["memory_byte_seconds"]):
-        return None  # a series that lingered after its pod ended
-    return row
+@dataclass
+class _Joined:
+    """Several answers summed into cells of (key, hour)."""
+
+    keys: list[tuple[str, ...]]  # per distinct key
+    key: np.ndarray  # per cell: index into keys
+    hour: np.ndarray  # per cell
+    sums: dict[str, np.ndarray]  # per query name: per cell
 
 
-def _capacity_row(values: dict[str, float]) -> dict | None:
-    row = {
-        "capacity_ms": _to_int(values.get("capacity", 0.0)),
-        "gpus": int(values.get("gpus", 0.0)) if math.isfinite(values.get("gpus", 0.0)) else 0,
-        "busy_ms": _to_int(values.get("gpu_busy", 0.0)),
-        "energy_mj": _to_int(values.get("gpu_energy", 0.0)),
-    }
-    if not row["capacity_ms"]:
-        return None
-    return row
-
-
-def _by_hour(
-    results: dict[str, list[Sample]],
-    names: Iterable[str],
+def _join(
+    answers: Mapping[str, _Answer],
+    names: tuple[str, ...],
     key_labels: tuple[str, ...],
-    make_row: Callable[[dict[str, float]], dict | None],
-    hours: set[int],
-) -> dict[int, list[dict]]:
-    """Join several range results by (hour, key labels) into ledger rows."""
-    joined: dict[tuple, dict[str, float]] = defaultdict(dict)
+    hours: list[int],
+) -> _Joined:
+    """Sum each named answer into cells of (key labels, hour), for the chunk's hours.
+
+    Cells are in (hour, key) order; a cell exists when any answer has a point in it.
+    """
+    ids: dict[tuple[str, ...], int] = {}
+    hour_array = np.asarray(hours, dtype=np.int64)
+    cells_of: dict[str, np.ndarray] = {}
     for name in names:
-        for sample in results[name]:
-            key = tuple(sample.labels.get(label, "") for label in key_labels)
-            for t, value in sample.points:
-                hour = int(round(t)) - HOUR
-                if hour in hours:
-                    cell = joined[(hour, key)]
-                    cell[name] = cell.get(name, 0.0) + value
-    rows: dict[int, list[dict]] = defaultdict(list)
-    for (hour, key), values in sorted(joined.items()):
-        row = make_row(values)
-        if row is not None:
-            rows[hour].append({**dict(zip(key_labels, key, strict=True)), **row})
-    return rows
+        answer = answers[name]
+        series_key = np.fromiter(
+            (
+                ids.setdefault(tuple(labels.get(k, "") for k in key_labels), len(ids))
+                for labels in answer.labels
+            ),
+            dtype=np.int64,
+            count=len(answer.labels),
+        )
+        position = np.searchsorted(hour_array, answer.hours)
+        inside = position < len(hour_array)
+        inside[inside] = hour_array[position[inside]] == answer.hours[inside]
+        cells_of[name] = np.where(
+            inside, series_key[answer.series] * len(hour_array) + position, -1
+        )
+    keys = list(ids)
+    # Cells in (hour, key) order, keys by their label values.
+    rank = np.empty(len(keys), dtype=np.int64)
+    rank[sorted(range(len(keys)), key=keys.__getitem__)] = np.arange(len(keys))
+    every = np.concatenate(
+        [cells[cells >= 0] for cells in cells_of.values()] or [np.empty(0, np.int64)]
+    )
+    present = np.unique(every)
+    key, position = present // len(hour_array), present % len(hour_array)
+    order = np.lexsort((rank[key], position))
+    present, key, position = present[order], key[order], position[order]
+    sums = {}
+    lookup = pd.Index(present)
+    for name in names:
+        cells = cells_of[name]
+        inside = cells >= 0
+        where = lookup.get_indexer(cells[inside])
+        sums[name] = np.bincount(
+            where, weights=answers[name].values[inside], minlength=len(present)
+        )
+    return _Joined(keys, key, hour_array[position], sums)
+
+
+def _milli(values: np.ndarray) -> np.ndarray:
+    # Milli-units, rounded once here so that every later sum is exact.
+    ok = np.isfinite(values) & (values > 0)
+    return np.where(ok, np.rint(np.where(ok, values, 0.0) * 1000), 0).astype(np.int64)
+
+
+def _key_columns(joined: _Joined, key_labels: tuple[str, ...], mask: np.ndarray) -> dict[str, list]:
+    keys = [joined.keys[i] for i in joined.key[mask].tolist()]
+    return {label: [k[i] for k in keys] for i, label in enumerate(key_labels)}
+
+
+def _usage_frame(answers: Mapping[str, _Answer], hours: list[int]) -> pd.DataFrame:
+    joined = _join(answers, _USAGE_QUERIES, POD_KEY, hours)
+    memory = joined.sums["memory"]
+    row = {
+        "held_ms": _milli(joined.sums["held"]),
+        "busy_ms": _milli(joined.sums["busy"]),
+        "memory_byte_seconds": np.where(np.isfinite(memory), np.maximum(memory, 0.0), 0.0),
+        "energy_mj": _milli(joined.sums["energy"]),
+    }
+    # A series that lingered after its pod ended has nothing in any column.
+    keep = (row["held_ms"] != 0) | (row["busy_ms"] != 0) | (row["energy_mj"] != 0)
+    keep |= row["memory_byte_seconds"] != 0
+    columns = {"hour": joined.hour[keep], **_key_columns(joined, POD_KEY, keep)}
+    columns |= {name: values[keep] for name, values in row.items()}
+    return pd.DataFrame(columns, columns=list(USAGE_COLUMNS))
+
+
+def _capacity_frames(
+    answers: Mapping[str, _Answer], hours: list[int]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Capacity rows, and GPUs and nodes per (hour, device source)."""
+    joined = _join(answers, _CAPACITY_QUERIES, CAPACITY_KEY, hours)
+    gpus = joined.sums["gpus"]
+    row = {
+        "gpus": np.where(
+            np.isfinite(gpus), np.trunc(np.where(np.isfinite(gpus), gpus, 0)), 0
+        ).astype(np.int64),
+        "capacity_ms": _milli(joined.sums["capacity"]),
+        "busy_ms": _milli(joined.sums["gpu_busy"]),
+        "energy_mj": _milli(joined.sums["gpu_energy"]),
+    }
+    keep = row["capacity_ms"] != 0
+    columns = {"hour": joined.hour[keep], **_key_columns(joined, CAPACITY_KEY, keep)}
+    columns |= {name: values[keep] for name, values in row.items()}
+    capacity = pd.DataFrame(columns, columns=list(CAPACITY_COLUMNS))
+
+    # The device source of those GPUs, from the `gpus` answer's `source` label.
+    answer = answers["gpus"]
+    points = pd.DataFrame(
+        {
+            "hour": answer.hours,
+            "node": [answer.labels[i].get("node", "") for i in answer.series.tolist()],
+            "model": [answer.labels[i].get("model", "") for i in answer.series.tolist()],
+            "source": [answer.labels[i].get("source", "") for i in answer.series.tolist()],
+            "gpus": answer.values,
+        }
+    )
+    points = points[np.isfinite(points["gpus"]) & (points["gpus"] > 0)]
+    points = points.merge(capacity[["hour", "node", "model"]], on=["hour", "node", "model"])
+    sources = (
+        points.groupby(["hour", "source"], sort=True)
+        .agg(gpus=("gpus", "sum"), nodes=("node", "nunique"))
+        .reset_index()
+    )
+    sources["gpus"] = np.trunc(sources["gpus"]).astype(np.int64)
+    return capacity, sources[list(GPU_SOURCE_COLUMNS)]
+
+
+def _tuples(frame: pd.DataFrame, columns: tuple[str, ...]) -> list[tuple]:
+    """The frame's rows as tuples of plain Python values, for the ledger's executemany."""
+    return list(zip(*(frame[c].tolist() for c in columns), strict=True))
 
 
 def ksm_label_key(name: str) -> str:

@@ -10,6 +10,12 @@ Tables (docs/cost-model.md, section 1):
   GPU energy millijoules.
 - `ingested_hours`: one row per finished hour, written in the same transaction as the
   hour's rows: an hour is in the ledger completely or not at all.
+- `provisional_hours`: hours whose rows are in the ledger but not final (the hour in
+  progress, or one that has not settled): reports use them and say so; the next run
+  that ingests the hour replaces them and marks the hour done.
+- `gpu_sources`: per hour, how many GPUs (and nodes) reported from each device source
+  (the exporter's `source` label: `nvml`, or `simulated` for demos and tests), so that
+  a report made from simulated GPUs says so.
 - `pods`, `namespaces`, `nodes`: the last known metadata, kept after the objects are
   gone so that later reports stay complete.
 
@@ -19,8 +25,10 @@ Query functions return pandas DataFrames; reports and the HTTP API read only the
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +37,14 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-SCHEMA_VERSION = "1"
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = "2"
+# Versions this one opens by adding what is new: version 1 lacked `gpu_sources` and
+# `provisional_hours` (new tables only, created on open); its hours' device source is
+# reported as unknown.
+UPGRADABLE_VERSIONS = ("1",)
+UNKNOWN_SOURCE = "unknown"
 DEFAULT_LEDGER_FILE = "gpuledger-ledger.sqlite"
 HOUR = 3600
 
@@ -72,6 +87,28 @@ ingested_hours = sa.Table(
     sa.Column("source", sa.String(1024), nullable=False),
     sa.Column("usage_rows", sa.Integer, nullable=False),
     sa.Column("gpus", sa.Integer, nullable=False),
+)
+
+provisional_hours = sa.Table(
+    "provisional_hours",
+    metadata,
+    sa.Column("hour", sa.BigInteger, primary_key=True),
+    # The rows hold the data up to this time (at most hour + 1 h).
+    sa.Column("through", sa.BigInteger, nullable=False),
+    sa.Column("ingested_at", sa.BigInteger, nullable=False),
+    sa.Column("source", sa.String(1024), nullable=False),
+    sa.Column("usage_rows", sa.Integer, nullable=False),
+    sa.Column("gpus", sa.Integer, nullable=False),
+)
+
+gpu_sources = sa.Table(
+    "gpu_sources",
+    metadata,
+    sa.Column("hour", sa.BigInteger, primary_key=True),
+    # The exporter's `source` label; "" when the series had none.
+    sa.Column("source", sa.String(64), primary_key=True),
+    sa.Column("gpus", sa.Integer, nullable=False),
+    sa.Column("nodes", sa.Integer, nullable=False),
 )
 
 pods = sa.Table(
@@ -125,6 +162,10 @@ meta = sa.Table(
 
 USAGE_KEY = ("hour", "namespace", "pod", "node", "model", "sharing")
 CAPACITY_KEY = ("hour", "node", "model")
+# Row tuples for `Ledger.write_hours` are in the tables' column order.
+USAGE_COLUMNS = tuple(c.name for c in usage.columns)
+CAPACITY_COLUMNS = tuple(c.name for c in capacity.columns)
+GPU_SOURCE_COLUMNS = tuple(c.name for c in gpu_sources.columns)
 
 # How much a resolution of the owner chain is worth: the API sees further than
 # kube-state-metrics, which sees further than nothing.
@@ -254,19 +295,37 @@ class Ledger:
 
     # ---------------------------------------------------------------- setup
     def create(self) -> Ledger:
-        """Create the tables if missing; refuse a ledger of another schema version."""
+        """Create the tables if missing; upgrade a ledger of an older version that only
+        lacks tables; refuse one of any other version."""
         try:
-            metadata.create_all(self.engine)
             with self.engine.begin() as conn:
-                found = conn.execute(
-                    sa.select(meta.c.value).where(meta.c.key == "schema_version")
-                ).scalar()
+                found = None
+                if sa.inspect(conn).has_table(meta.name):
+                    found = conn.execute(
+                        sa.select(meta.c.value).where(meta.c.key == "schema_version")
+                    ).scalar()
+                if found not in (None, SCHEMA_VERSION, *UPGRADABLE_VERSIONS):
+                    raise LedgerError(
+                        f"the ledger {self.safe_url} has schema version {found}, this gpuledger "
+                        f"writes version {SCHEMA_VERSION} (and upgrades "
+                        f"{', '.join(UPGRADABLE_VERSIONS)}): use a ledger made by this version"
+                    )
+                # Creates only what is missing: an interrupted upgrade completes on the
+                # next open, and the version changes last.
+                metadata.create_all(conn)
                 if found is None:
                     conn.execute(meta.insert().values(key="schema_version", value=SCHEMA_VERSION))
                 elif found != SCHEMA_VERSION:
-                    raise LedgerError(
-                        f"the ledger {self.safe_url} has schema version {found}, this gpuledger "
-                        f"writes version {SCHEMA_VERSION}: use a ledger made by this version"
+                    log.info(
+                        "upgrading the ledger %s from schema version %s to %s",
+                        self.safe_url,
+                        found,
+                        SCHEMA_VERSION,
+                    )
+                    conn.execute(
+                        meta.update()
+                        .where(meta.c.key == "schema_version")
+                        .values(value=SCHEMA_VERSION)
                     )
         except sa.exc.OperationalError as error:
             raise LedgerError(f"cannot open the ledger {self.safe_url}: {error.orig}") from None
@@ -287,27 +346,77 @@ class Ledger:
         usage_rows: Sequence[Mapping[str, Any]],
         capacity_rows: Sequence[Mapping[str, Any]],
         source: str,
+        gpu_source_rows: Sequence[Mapping[str, Any]] = (),
     ) -> None:
-        """Replace one hour's rows and mark it done, in one transaction."""
-        if hour % HOUR:
-            raise ValueError(f"hour {hour} is not on an hour boundary")
-        with self.engine.begin() as conn:
-            conn.execute(usage.delete().where(usage.c.hour == hour))
-            conn.execute(capacity.delete().where(capacity.c.hour == hour))
-            conn.execute(ingested_hours.delete().where(ingested_hours.c.hour == hour))
-            if usage_rows:
-                conn.execute(usage.insert(), [{**row, "hour": hour} for row in usage_rows])
-            if capacity_rows:
-                conn.execute(capacity.insert(), [{**row, "hour": hour} for row in capacity_rows])
-            conn.execute(
-                ingested_hours.insert().values(
-                    hour=hour,
-                    ingested_at=int(time.time()),
-                    source=source[:1024],
-                    usage_rows=len(usage_rows),
-                    gpus=sum(int(row["gpus"]) for row in capacity_rows),
-                )
+        """Replace one hour's rows (dicts by column name, without `hour`) and mark it
+        done, in one transaction."""
+
+        def tuples(rows: Sequence[Mapping[str, Any]], columns: tuple[str, ...]) -> list[tuple]:
+            return [tuple(row[c] for c in columns) for row in ({**r, "hour": hour} for r in rows)]
+
+        self.write_hours(
+            [hour],
+            tuples(usage_rows, USAGE_COLUMNS),
+            tuples(capacity_rows, CAPACITY_COLUMNS),
+            source,
+            gpu_source_rows=tuples(gpu_source_rows, GPU_SOURCE_COLUMNS),
+        )
+
+    def write_hours(
+        self,
+        hours: Sequence[int],
+        usage_rows: Sequence[Sequence[Any]],
+        capacity_rows: Sequence[Sequence[Any]],
+        source: str,
+        *,
+        gpu_source_rows: Sequence[Sequence[Any]] = (),
+        provisional_through: int | None = None,
+    ) -> None:
+        """Replace these hours' rows and mark each done, all in one transaction.
+
+        Rows are tuples in the tables' column order (USAGE_COLUMNS, CAPACITY_COLUMNS,
+        GPU_SOURCE_COLUMNS), `hour` first, of plain Python values; every row's hour must
+        be one of `hours`. `source` names where the data came from (a Prometheus URL).
+        With `provisional_through` (one hour only): the rows hold the hour up to that
+        time, and the hour is recorded as provisional, not done, so that the next run
+        that ingests it replaces it.
+        """
+        hours = sorted(set(hours))
+        for hour in hours:
+            if hour % HOUR:
+                raise ValueError(f"hour {hour} is not on an hour boundary")
+        if provisional_through is not None and (
+            len(hours) != 1 or not hours[0] < provisional_through <= hours[0] + HOUR
+        ):
+            raise ValueError(
+                "a provisional write is of one hour, through a time inside it: "
+                f"hours {hours}, through {provisional_through}"
             )
+        rows_per_hour = Counter(row[0] for row in usage_rows)
+        gpus_per_hour: Counter[int] = Counter()
+        for row in capacity_rows:
+            gpus_per_hour[row[0]] += int(row[CAPACITY_COLUMNS.index("gpus")])
+        stray = (set(rows_per_hour) | set(gpus_per_hour)) - set(hours)
+        stray |= {row[0] for row in gpu_source_rows} - set(hours)
+        if stray:
+            raise ValueError(f"rows of hours {sorted(stray)[:3]} are not among the hours written")
+        now = int(time.time())
+        with self.engine.begin() as conn:
+            for table in (usage, capacity, gpu_sources, ingested_hours, provisional_hours):
+                conn.execute(table.delete().where(table.c.hour.in_(hours)))
+            _insert(conn, usage, usage_rows)
+            _insert(conn, capacity, capacity_rows)
+            _insert(conn, gpu_sources, gpu_source_rows)
+            marks = [
+                (hour, now, source[:1024], rows_per_hour[hour], gpus_per_hour[hour])
+                for hour in hours
+            ]
+            if provisional_through is None:
+                _insert(conn, ingested_hours, marks)
+            else:
+                _insert(
+                    conn, provisional_hours, [(m[0], provisional_through, *m[1:]) for m in marks]
+                )
 
     def merge_metadata(
         self,
@@ -361,17 +470,55 @@ class Ledger:
             return {int(row[0]) for row in result}
 
     def hours_with_capacity(self, hours: Iterable[int]) -> set[int]:
-        """Of these hours, those the ledger has GPU capacity for."""
+        """Of these hours, those the ledger has GPU capacity for (done or provisional)."""
         hours = list(hours)
         if not hours:
             return set()
+        found: set[int] = set()
+        with self.engine.connect() as conn:
+            for table in (ingested_hours, provisional_hours):
+                result = conn.execute(
+                    sa.select(table.c.hour).where(table.c.hour.in_(hours), table.c.gpus > 0)
+                )
+                found |= {int(row[0]) for row in result}
+        return found
+
+    def provisional(self, start: int, end: int) -> dict[int, int]:
+        """Provisional hours in [start, end): hour -> the time its data runs to."""
         with self.engine.connect() as conn:
             result = conn.execute(
-                sa.select(ingested_hours.c.hour).where(
-                    ingested_hours.c.hour.in_(hours), ingested_hours.c.gpus > 0
+                sa.select(provisional_hours.c.hour, provisional_hours.c.through).where(
+                    provisional_hours.c.hour >= start, provisional_hours.c.hour < end
                 )
             )
-            return {int(row[0]) for row in result}
+            return {int(hour): int(through) for hour, through in result}
+
+    def gpu_hours_by_source(self, start: int, end: int) -> dict[str, int]:
+        """GPU-hours of [start, end) (done and provisional hours) by device source.
+
+        Hours written before sources were recorded (schema version 1), and series without
+        a `source` label, count as `unknown`.
+        """
+        found: Counter[str] = Counter()
+        with self.engine.connect() as conn:
+            result = conn.execute(
+                sa.select(gpu_sources.c.source, sa.func.sum(gpu_sources.c.gpus))
+                .where(gpu_sources.c.hour >= start, gpu_sources.c.hour < end)
+                .group_by(gpu_sources.c.source)
+            )
+            for name, gpus in result:
+                found[name or UNKNOWN_SOURCE] += int(gpus or 0)
+            for table in (ingested_hours, provisional_hours):
+                unrecorded = conn.execute(
+                    sa.select(sa.func.sum(table.c.gpus)).where(
+                        table.c.hour >= start,
+                        table.c.hour < end,
+                        ~sa.exists().where(gpu_sources.c.hour == table.c.hour),
+                    )
+                ).scalar()
+                if unrecorded:
+                    found[UNKNOWN_SOURCE] += int(unrecorded)
+        return {name: found[name] for name in sorted(found) if found[name]}
 
     def last_hour(self) -> int | None:
         """The latest hour in the ledger, or None when it is empty."""
@@ -438,7 +585,11 @@ class Ledger:
     def _frame(self, statement: sa.Select) -> pd.DataFrame:
         with self.engine.connect() as conn:
             result = conn.execute(statement)
-            return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+            columns = list(result.keys())
+            # The driver's plain tuples: pandas builds a frame from them several times
+            # faster than from SQLAlchemy's Row objects, and these columns need no
+            # result processing.
+            return pd.DataFrame(result.cursor.fetchall(), columns=columns)
 
 
 def _make_engine(url: str) -> Engine:
@@ -477,6 +628,25 @@ def _existing_pods(
         for row in result.mappings():
             found[(row["namespace"], row["pod"])] = dict(row)
     return found
+
+
+def _insert(conn: Connection, table: sa.Table, rows: Sequence[Sequence[Any]]) -> None:
+    """Insert rows (tuples in the table's column order) in one executemany."""
+    if not rows:
+        return
+    columns = [c.name for c in table.columns]
+    if conn.dialect.name == "sqlite":
+        # Straight to the driver: SQLAlchemy's per-row parameter handling costs more
+        # than SQLite's insert itself.
+        quote = conn.dialect.identifier_preparer.quote
+        conn.exec_driver_sql(
+            f"INSERT INTO {quote(table.name)} ({', '.join(map(quote, columns))}) "
+            f"VALUES ({', '.join('?' * len(columns))})",
+            rows if isinstance(rows, list) else list(rows),
+        )
+        return
+    # PostgreSQL: SQLAlchemy batches these into multi-row INSERTs.
+    conn.execute(table.insert(), [dict(zip(columns, row, strict=True)) for row in rows])
 
 
 def _upsert(

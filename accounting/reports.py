@@ -8,6 +8,10 @@ FOCUS: the FinOps Open Cost and Usage Specification (1.x column names). One row 
 day, team, namespace, job, GPU model and region; BilledCost = EffectiveCost = ListCost
 = ContractedCost (an internal chargeback has no discounts); quantities in GPU-Hours;
 gpuledger's own columns carry the `x_` prefix the specification reserves for them.
+
+Simulated data is labelled everywhere: a `simulated` column in every CSV and Parquet
+table, `x_Simulated` in the FOCUS file and `simulated` in summary.json, true when any
+GPU of the month reported from the exporter's simulated source.
 """
 
 from __future__ import annotations
@@ -61,6 +65,17 @@ class Report:
     hours_ingested: int
     missing_hours: list[int] = field(default_factory=list)
     price_book: str = ""
+    # From the exporter's `source` label: True when any GPU of the month was simulated.
+    simulated: bool = False
+    gpu_hours_by_source: dict[str, int] = field(default_factory=dict)
+    # Hours in the numbers that are not final yet (the hour in progress), and the
+    # latest time they hold.
+    provisional_hours: list[int] = field(default_factory=list)
+    provisional_through: int | None = None
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing_hours and not self.provisional_hours
 
     def summary(self) -> dict[str, Any]:
         team = self.frames["team"]
@@ -75,7 +90,13 @@ class Report:
             "hours_expected": self.hours_expected,
             "hours_ingested": self.hours_ingested,
             "missing_hours": [iso(h) for h in self.missing_hours],
-            "complete": not self.missing_hours,
+            "provisional_hours": [iso(h) for h in self.provisional_hours],
+            "provisional_through": (
+                None if self.provisional_through is None else _stamp(self.provisional_through)
+            ),
+            "complete": self.complete,
+            "simulated": self.simulated,
+            "gpu_hours_by_source": dict(self.gpu_hours_by_source),
             "reconciles": {
                 basis: str(sum(team[basis], Decimal(0)))
                 for basis in ("cost_allocation", "cost_usage")
@@ -102,8 +123,7 @@ def build_report(
 ) -> Report:
     """Every table of a month's report, from the ledger."""
     start, end = parse_month(month)
-    hours = ledger.hours_frame(start, end)
-    if hours.empty:
+    if ledger.hours_frame(start, end).empty and not ledger.provisional(start, end):
         raise ReportError(
             f"the ledger {ledger.safe_url} has no hours of {month}: run `gpuledger accounting "
             f"ingest --prometheus URL --from {_stamp(start)} --to {_stamp(min(end, _now_hour()))}` first"
@@ -116,6 +136,12 @@ def build_report(
         raise ReportError(
             f"the ledger lacks {len(attrs['missing_hours'])} hours of {month} (first "
             f"{iso(attrs['missing_hours'][0])}): ingest them, or drop --require-complete"
+        )
+    if require_complete and attrs["provisional_hours"]:
+        raise ReportError(
+            f"{len(attrs['provisional_hours'])} hours of {month} are provisional (first "
+            f"{iso(attrs['provisional_hours'][0])}): ingest them again once they are "
+            "complete, or drop --require-complete"
         )
     return Report(
         month=month,
@@ -130,6 +156,10 @@ def build_report(
         hours_ingested=attrs["hours_ingested"],
         missing_hours=list(attrs["missing_hours"]),
         price_book=price_book.path,
+        simulated=attrs["simulated"],
+        gpu_hours_by_source=dict(attrs["gpu_hours_by_source"]),
+        provisional_hours=list(attrs["provisional_hours"]),
+        provisional_through=attrs["provisional_through"],
     )
 
 
@@ -224,6 +254,8 @@ def focus_frame(frame: pd.DataFrame, cluster: str = "gpuledger") -> pd.DataFrame
             "x_IdleCostInAllocation": frame["idle_cost_in_allocation"].tolist(),
             "x_UnallocatedShare": frame["unallocated_share"].tolist(),
             "x_IdleMode": [attrs["idle"]] * n,
+            # True when any GPU of the period was simulated (exporter source="simulated").
+            "x_Simulated": [bool(attrs.get("simulated", False))] * n,
             "x_FocusVersion": [FOCUS_VERSION] * n,
         }
     )
@@ -260,7 +292,9 @@ def write_report(report: Report, out_dir: str | Path) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, frame in report.frames.items():
+    for name, table in report.frames.items():
+        # Every row says whether the month's data came from simulated GPUs.
+        frame = table.assign(simulated=report.simulated)
         stem = out / f"gpuledger-{report.month}-by-{name}"
         written.append(_atomic(stem.with_suffix(".csv"), lambda p, f=frame: write_csv(f, p)))
         written.append(

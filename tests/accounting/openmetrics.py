@@ -79,6 +79,7 @@ class Generated:
     namespace_labels: dict[str, dict[str, str]] = field(default_factory=dict)
     node_labels: dict[str, dict[str, str]] = field(default_factory=dict)
     ksm_every: int = 900
+    source: str = "simulated"  # the exporter's device source label: simulated or nvml
 
     def __post_init__(self) -> None:
         if HOUR % self.step or self.start % HOUR or self.end % HOUR:
@@ -223,7 +224,7 @@ class Generated:
                     gpu=str(gpu),
                     uuid=_uuid(node, gpu),
                     model=self.model,
-                    source="simulated",
+                    source=self.source,
                 )
                 for metric, rates in self._gpu_rates(node, gpu).items():
                     values = self._counter(rates, 0, node)
@@ -242,7 +243,7 @@ class Generated:
                     mig_profile=plan.mig_profile,
                     gpu_instance="1" if plan.mig_profile else "",
                     sharing=plan.sharing,
-                    source="simulated",
+                    source=self.source,
                 )
                 for metric, rate in self._pod_rates(plan).items():
                     values = self._counter(np.full(last - first, rate), first, plan.node)

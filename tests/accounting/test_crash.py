@@ -70,7 +70,8 @@ def snapshot(path: Path) -> dict[str, list]:
 @pytest.fixture(scope="module")
 def long_history(tmp_path_factory):
     """Two days: enough hours that a kill can land anywhere in a run."""
-    start = history_start() - 34 * HOUR
+    # Ends an hour before the current one: complete and settled whatever the minute.
+    start = history_start() - 35 * HOUR
     history = generate(nodes=2, gpus=2, pods=8, days=2, step=900, start=start)
     work = tmp_path_factory.mktemp("crash-prometheus")
     text = io.StringIO()

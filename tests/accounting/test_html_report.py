@@ -279,16 +279,6 @@ def test_browser_draws_daily_columns_and_banner(report, screenshot):
     assert banner and max(y for _, y in banner) < 120  # the simulated banner is on top
 
 
-def test_simulated_source_is_found_in_prometheus(prometheus, history):
-    from accounting.html_report import simulated_in_prometheus
-    from accounting.prometheus import PrometheusClient
-
-    client = PrometheusClient(prometheus.url)
-    assert simulated_in_prometheus(client, history.start, history.end)
-    # Before the history began there is nothing, simulated or not.
-    assert not simulated_in_prometheus(client, history.start - 7200, history.start - 3600)
-
-
 def test_a_month_without_pods_renders(tmp_path):
     from accounting.ledger import Ledger
     from tests.accounting.sample_ledger import H100, month_start
