@@ -34,7 +34,9 @@ from accounting.costmodel import (
     largest_remainder,
     price_records,
     rate_table,
+    rates_for,
     split_cells,
+    split_cells_in_ledger,
 )
 from accounting.ledger import HOUR, Ledger
 from accounting.pricebook import PriceBook
@@ -150,17 +152,24 @@ class Prepared:
 def load_period(
     ledger: Ledger, start: int, end: int, *, price_book: PriceBook, teams: TeamRule | None = None
 ) -> Prepared:
-    """Read [start, end) from the ledger once and prepare it for any number of groupings."""
-    prepared = prepare(
-        ledger.usage_frame(start, end),
-        ledger.capacity_frame(start, end),
+    """Read [start, end) from the ledger once and prepare it for any number of groupings.
+
+    The cells are split and summed per day in the database (`split_cells_in_ledger`):
+    the same records, to the milli-unit, as `prepare` makes from the ledger's frames.
+    """
+    records, gpus_on_node, pairs = split_cells_in_ledger(ledger, start, end)
+    rate_ids, rates = rates_for(pairs, gpus_on_node, price_book)
+    prepared = _prepared(
+        records,
+        rate_ids,
+        rates,
         ledger.pods_frame(),
         ledger.namespaces_frame(),
         ledger.nodes_frame(),
         start,
         end,
         price_book=price_book,
-        teams=teams,
+        teams=teams or TeamRule(),
     )
     prepared.coverage = coverage(ledger, start, end)
     return prepared
@@ -237,11 +246,37 @@ def prepare(
     teams: TeamRule | None = None,
 ) -> Prepared:
     """Split the period's capacity into records and give each its dimensions and rate."""
-    teams = teams or TeamRule()
     usage = usage[(usage["hour"] >= start) & (usage["hour"] < end)]
     capacity = capacity[(capacity["hour"] >= start) & (capacity["hour"] < end)]
     rate_ids, rates = rate_table(capacity, usage, price_book)
     records = split_cells(usage, capacity)
+    return _prepared(
+        records,
+        rate_ids,
+        rates,
+        pods,
+        namespaces,
+        nodes,
+        start,
+        end,
+        price_book=price_book,
+        teams=teams or TeamRule(),
+    )
+
+
+def _prepared(
+    records: pd.DataFrame,
+    rate_ids: Mapping[tuple[str, str], int],
+    rates: list[Decimal],
+    pods: pd.DataFrame,
+    namespaces: pd.DataFrame,
+    nodes: pd.DataFrame,
+    start: int,
+    end: int,
+    *,
+    price_book: PriceBook,
+    teams: TeamRule,
+) -> Prepared:
     records = _with_dimensions(records, pods, namespaces, nodes, teams)
     node_codes = records["node"].cat.codes.to_numpy(np.int64)
     model_codes = records["model"].cat.codes.to_numpy(np.int64)

@@ -2,7 +2,10 @@
 
 - `split_cells`: every GPU-hour of capacity into workload, `__unattributed__` and
   `__idle__` records, per hour and (node, GPU model), in exact integer milli-units.
-- `rate_table`: the price of a GPU-hour on each (node, model), node overhead spread.
+  `split_cells_in_ledger` does the same in the ledger's database and sums the records
+  per day (what every report needs), so that a month is not read row by row.
+- `rate_table` (`rates_for`): the price of a GPU-hour on each (node, model), node
+  overhead spread.
 - `price_records`: exact `Decimal` costs on the allocation and usage bases.
 - `largest_remainder`: rounding to cents that keeps a column's sum exact.
 """
@@ -10,17 +13,20 @@
 from __future__ import annotations
 
 import decimal
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
 
 import pandas as pd
+import sqlalchemy as sa
 
+from accounting.ledger import Ledger, capacity_table, usage_table
 from accounting.pricebook import PriceBook
 
 WORKLOAD, UNATTRIBUTED, IDLE = "workload", "__unattributed__", "__idle__"
 CATEGORIES = (WORKLOAD, UNATTRIBUTED, IDLE)
 IDLE_MODES = ("row", "share")
 
+DAY = 86400
 MS_PER_HOUR = Decimal(3_600_000)
 MJ_PER_KWH = Decimal(3_600_000_000)
 CENT = Decimal("0.01")
@@ -108,8 +114,172 @@ def split_cells(usage: pd.DataFrame, capacity: pd.DataFrame) -> pd.DataFrame:
     return records
 
 
+def split_cells_in_ledger(
+    ledger: Ledger, start: int, end: int
+) -> tuple[pd.DataFrame, dict[str, int], list[tuple[str, str]]]:
+    """`split_cells` of the ledger's [start, end), computed in its database.
+
+    Returns the records summed per day (RECORD_COLUMNS; `hour` is the day's start: the
+    finest time any report groups by), the most GPUs each node reported in an hour, and
+    every (node, model) pair of the period (for `rates_for`). Sums of integer
+    milli-units are exact, so every cost is the one `split_cells` gives; a month's
+    millions of usage rows stay in the database.
+    """
+    u, c = usage_table, capacity_table
+    with ledger.engine.connect() as conn:
+        workload = _frame(conn, _usage_by_day(u, start, end))
+        cells = _frame(conn, _cells_by_day(u, c, start, end))
+        per_hour = (
+            sa.select(c.c.hour, c.c.node, sa.func.sum(c.c.gpus).label("gpus"))
+            .where(c.c.hour >= start, c.c.hour < end)
+            .group_by(c.c.hour, c.c.node)
+            .subquery()
+        )
+        gpus_on_node = {
+            node: int(gpus)
+            for node, gpus in conn.execute(
+                sa.select(per_hour.c.node, sa.func.max(per_hour.c.gpus)).group_by(per_hour.c.node)
+            )
+        }
+    pairs = list(
+        dict.fromkeys(
+            zip(
+                [*cells["node"].tolist(), *workload["node"].tolist()],
+                [*cells["model"].tolist(), *workload["model"].tolist()],
+                strict=True,
+            )
+        )
+    )
+    workload["category"] = WORKLOAD
+    unnamed = (workload["namespace"] == "") | (workload["pod"] == "")
+    workload.loc[unnamed, "category"] = UNATTRIBUTED
+    base = cells[["hour", "node", "model"]].assign(namespace="", pod="", memory_byte_seconds=0.0)
+    outside = base.assign(
+        category=UNATTRIBUTED,
+        held_ms=cells["unattributed_ms"],
+        busy_ms=cells["unattributed_ms"],
+        energy_mj=0,
+    )
+    idle = base.assign(
+        category=IDLE, held_ms=cells["idle_ms"], busy_ms=0, energy_mj=cells["idle_energy_mj"]
+    )
+    # Every part is >= 0 in every hour, so a day's sum is > 0 when an hour's was: the
+    # same records as split_cells keeps.
+    records = pd.concat(
+        [
+            workload[list(RECORD_COLUMNS)],
+            outside[outside["held_ms"] > 0][list(RECORD_COLUMNS)],
+            idle[(idle["held_ms"] > 0) | (idle["energy_mj"] > 0)][list(RECORD_COLUMNS)],
+        ],
+        ignore_index=True,
+    )
+    for column in ("held_ms", "busy_ms", "energy_mj", "hour"):
+        records[column] = records[column].astype("int64")
+    records["memory_byte_seconds"] = records["memory_byte_seconds"].astype("float64")
+    return records, gpus_on_node, pairs
+
+
+def _sum(column: sa.ColumnElement, name: str) -> sa.ColumnElement:
+    # PostgreSQL sums BIGINT as NUMERIC; the sums here fit in 64 bits.
+    return sa.cast(sa.func.sum(column), sa.BigInteger).label(name)
+
+
+def _usage_by_day(u: sa.Table, start: int, end: int) -> sa.Select:
+    rows = (
+        sa.select(
+            ((u.c.hour // DAY) * DAY).label("hour"),
+            u.c.namespace,
+            u.c.pod,
+            u.c.node,
+            u.c.model,
+            u.c.held_ms,
+            u.c.busy_ms,
+            u.c.memory_byte_seconds,
+            u.c.energy_mj,
+        )
+        .where(u.c.hour >= start, u.c.hour < end)
+        .subquery()
+    )
+    keys = (rows.c.hour, rows.c.namespace, rows.c.pod, rows.c.node, rows.c.model)
+    return sa.select(
+        *keys,
+        _sum(rows.c.held_ms, "held_ms"),
+        _sum(rows.c.busy_ms, "busy_ms"),
+        sa.func.sum(rows.c.memory_byte_seconds).label("memory_byte_seconds"),
+        _sum(rows.c.energy_mj, "energy_mj"),
+    ).group_by(*keys)
+
+
+def _cells_by_day(u: sa.Table, c: sa.Table, start: int, end: int) -> sa.Select:
+    """Per (hour, node, model) cell, split_cells's arithmetic; summed per day."""
+    pods = (
+        sa.select(
+            u.c.hour,
+            u.c.node,
+            u.c.model,
+            _sum(u.c.held_ms, "held"),
+            _sum(u.c.busy_ms, "busy"),
+            _sum(u.c.energy_mj, "energy"),
+        )
+        .where(u.c.hour >= start, u.c.hour < end)
+        .group_by(u.c.hour, u.c.node, u.c.model)
+        .subquery("pods")
+    )
+    # Usage in a cell without capacity makes no unattributed or idle record
+    # (no capacity: nothing is free), so capacity's cells are all there are.
+    joined = c.outerjoin(
+        pods, sa.and_(pods.c.hour == c.c.hour, pods.c.node == c.c.node, pods.c.model == c.c.model)
+    )
+    held = sa.func.coalesce(pods.c.held, 0)
+    busy = sa.func.coalesce(pods.c.busy, 0)
+    energy = sa.func.coalesce(pods.c.energy, 0)
+    cells = (
+        sa.select(
+            ((c.c.hour // DAY) * DAY).label("hour"),
+            c.c.node,
+            c.c.model,
+            # free = max(capacity, held) - held
+            (sa.case((c.c.capacity_ms >= held, c.c.capacity_ms), else_=held) - held).label("free"),
+            # busy GPU time no pod held: max(gpu busy - pods' busy, 0), at most free
+            sa.case((c.c.busy_ms > busy, c.c.busy_ms - busy), else_=0).label("outside"),
+            # energy no pod was charged: max(GPU energy, pods' energy) - pods' energy
+            (sa.case((c.c.energy_mj >= energy, c.c.energy_mj), else_=energy) - energy).label(
+                "idle_energy"
+            ),
+        )
+        .select_from(joined)
+        .where(c.c.hour >= start, c.c.hour < end)
+        .subquery("cells")
+    )
+    unattributed = sa.case((cells.c.outside < cells.c.free, cells.c.outside), else_=cells.c.free)
+    keys = (cells.c.hour, cells.c.node, cells.c.model)
+    return sa.select(
+        *keys,
+        _sum(unattributed, "unattributed_ms"),
+        _sum(cells.c.free - unattributed, "idle_ms"),
+        _sum(cells.c.idle_energy, "idle_energy_mj"),
+    ).group_by(*keys)
+
+
+def _frame(conn: sa.Connection, statement: sa.Select) -> pd.DataFrame:
+    result = conn.execute(statement)
+    return pd.DataFrame(result.cursor.fetchall(), columns=list(result.keys()))
+
+
 def rate_table(
     capacity: pd.DataFrame, usage: pd.DataFrame, price_book: PriceBook
+) -> tuple[dict[tuple[str, str], int], list[Decimal]]:
+    """The price of a GPU-hour per (node, model) of these frames (see `rates_for`)."""
+    gpus_on_node: dict[str, int] = {}
+    if not capacity.empty:
+        per_hour = capacity.groupby(["hour", "node"])["gpus"].sum()
+        gpus_on_node = {k: int(v) for k, v in per_hour.groupby(level="node").max().items()}
+    pairs = pd.concat([capacity[["node", "model"]], usage[["node", "model"]]]).drop_duplicates()
+    return rates_for(pairs.itertuples(index=False), gpus_on_node, price_book)
+
+
+def rates_for(
+    pairs: Iterable[tuple[str, str]], gpus_on_node: Mapping[str, int], price_book: PriceBook
 ) -> tuple[dict[tuple[str, str], int], list[Decimal]]:
     """The price of a GPU-hour per (node, model), as an id into a list of distinct rates.
 
@@ -117,16 +287,11 @@ def rate_table(
     usage but no capacity row carries no overhead. Nodes of the same model and size
     share a rate, so costs can be summed per rate instead of per node.
     """
-    gpus_on_node: dict[str, int] = {}
-    if not capacity.empty:
-        per_hour = capacity.groupby(["hour", "node"])["gpus"].sum()
-        gpus_on_node = {k: int(v) for k, v in per_hour.groupby(level="node").max().items()}
-    pairs = pd.concat([capacity[["node", "model"]], usage[["node", "model"]]]).drop_duplicates()
     ids: dict[tuple[str, str], int] = {}
     rates: list[Decimal] = []
     index: dict[Decimal, int] = {}
     with decimal.localcontext(PRECISION):
-        for node, model in pairs.itertuples(index=False):
+        for node, model in pairs:
             rate = price_book.price(model, f"node {node}").rate(gpus_on_node.get(node, 0))
             if rate not in index:
                 index[rate] = len(rates)

@@ -25,16 +25,23 @@ Guarantees (docs/cost-model.md, section 8):
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import itertools
 import logging
+import queue
 import re
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import requests
 
 from accounting.kube import KubeUnavailable, ObjectRef, OwnerResolver
 from accounting.ledger import (
@@ -48,6 +55,7 @@ from accounting.ledger import (
 from accounting.pricebook import PriceBook
 from accounting.prometheus import (
     MAX_POINTS_PER_SERIES,
+    ClientStats,
     PartialDataError,
     PrometheusClient,
     PrometheusQueryError,
@@ -117,6 +125,15 @@ class IngestQueries:
 
 _USAGE_QUERIES = ("held", "busy", "memory", "energy")
 _CAPACITY_QUERIES = ("capacity", "gpus", "gpu_busy", "gpu_energy")
+_METADATA_QUERIES = (
+    "pod_owner",
+    "pod_labels",
+    "pod_requests",
+    "job_owner",
+    "replicaset_owner",
+    "namespace_labels",
+    "node_labels",
+)
 
 
 class IngestError(RuntimeError):
@@ -132,7 +149,10 @@ class IngestResult:
     usage_rows: int = 0
     pods_resolved_by_api: int = 0
     seconds_total: float = 0.0
+    # Waiting for Prometheus's answers (with prefetch, only what did not overlap work).
     seconds_prometheus: float = 0.0
+    # The requests' own time, overlapped or not.
+    seconds_requests: float = 0.0
     seconds_kube: float = 0.0
     seconds_ledger: float = 0.0
 
@@ -174,6 +194,14 @@ class _Answer:
     values: np.ndarray  # per point
 
 
+@dataclass
+class _Download:
+    """A chunk's answers: usage and capacity as columns, metadata as samples."""
+
+    answers: dict[str, _Answer]
+    metadata: dict[str, list[Sample]]
+
+
 Progress = Callable[[int, int, int], None]  # hours done, hours in total, last hour
 
 
@@ -186,9 +214,10 @@ class Ingestor:
         *,
         resolver: OwnerResolver | None = None,
         queries: IngestQueries | None = None,
-        chunk_hours: int = 24,
+        chunk_hours: int = 72,
         progress: Progress | None = None,
         allow_gaps: bool = False,
+        concurrency: int = 2,
     ) -> None:
         if not 1 <= chunk_hours < MAX_POINTS_PER_SERIES:
             raise ValueError(f"chunk_hours must be from 1 to {MAX_POINTS_PER_SERIES - 1}")
@@ -200,6 +229,10 @@ class Ingestor:
         self.chunk_hours = chunk_hours
         self.progress = progress
         self.allow_gaps = allow_gaps
+        if concurrency < 0:
+            raise ValueError("concurrency must be 0 (no threads) or more")
+        # Chunks asked for at once, ahead of the one being joined and written.
+        self.concurrency = concurrency
         self._kube_seconds = 0.0
 
     # ---------------------------------------------------------------- the run
@@ -248,29 +281,29 @@ class Ingestor:
         self, start: int, end: int, *, resume: bool, provisional: Mapping[int, int]
     ) -> IngestResult:
         started = time.monotonic()
-        prometheus_before = self.client.stats.seconds_waiting
+        requests_before = self.client.stats.seconds_waiting
         result = IngestResult()
         hours = list(range(start, end, HOUR))
         if resume:
             done = self.ledger.done_hours(start, end)
             result.hours_skipped = len(done)
             hours = [h for h in hours if h not in done]
+        jobs: list[tuple[list[int], int | None]] = [
+            (chunk, None) for chunk in _chunks(hours, self.chunk_hours)
+        ]
+        jobs += [([hour], through) for hour, through in sorted(provisional.items())]
         total = len(hours) + result.hours_skipped + len(provisional)
         finished = result.hours_skipped
-        for chunk in _chunks(hours, self.chunk_hours):
-            data = self.fetch(chunk)
-            self._timed_write(data, result)
+        for chunk, through, download in self._downloads(jobs, result):
+            data = self._assemble(chunk, through, download)
+            ledger_started = time.monotonic()
+            self._write(data, result)
+            result.seconds_ledger += time.monotonic() - ledger_started
             finished += len(chunk)
             if self.progress:
                 self.progress(finished, total, chunk[-1])
-        for hour, through in sorted(provisional.items()):
-            data = self.fetch([hour], through=through)
-            self._timed_write(data, result)
-            finished += 1
-            if self.progress:
-                self.progress(finished, total, hour)
         result.seconds_total = time.monotonic() - started
-        result.seconds_prometheus = self.client.stats.seconds_waiting - prometheus_before
+        result.seconds_requests = self.client.stats.seconds_waiting - requests_before
         result.seconds_kube = self._kube_seconds
         return result
 
@@ -279,42 +312,85 @@ class Ingestor:
 
         With `through`: `hours` is one hour, read up to that time (a provisional hour).
         """
+        return self._assemble(hours, through, self._download(hours, through, self.client))
+
+    def _download(
+        self, hours: list[int], through: int | None, client: PrometheusClient
+    ) -> _Download:
+        """Every answer a chunk needs from Prometheus; nothing else is touched, so it can
+        run in a thread while an earlier chunk is joined and written."""
         if through is not None and (len(hours) != 1 or not hours[0] < through <= hours[0] + HOUR):
             raise ValueError("a provisional fetch is of one hour, through a time inside it")
         answers = {
-            name: self._answer(getattr(self.queries, name), hours, through)
+            name: _answer(client, getattr(self.queries, name), hours, through)
             for name in (*_USAGE_QUERIES, *_CAPACITY_QUERIES)
         }
-        usage = _usage_frame(answers, hours)
-        capacity, gpu_sources = _capacity_frames(answers, hours)
+        end = hours[-1] + HOUR if through is None else through
+        rng = f"{end - hours[0]}s"
+        metadata = {
+            name: client.query(getattr(self.queries, name).format(range=rng), end)
+            for name in _METADATA_QUERIES
+        }
+        return _Download(answers, metadata)
+
+    def _assemble(self, hours: list[int], through: int | None, download: _Download) -> ChunkData:
+        """Join, check and resolve one chunk's answers into what the ledger gets."""
+        usage = _usage_frame(download.answers, hours)
+        capacity, gpu_sources = _capacity_frames(download.answers, hours)
         self._check(hours, usage, capacity)
         end = hours[-1] + HOUR if through is None else through
-        pods, namespaces, nodes = self._metadata(hours[0], end, usage)
+        pods, namespaces, nodes = self._metadata(hours[0], end, usage, download.metadata)
         return ChunkData(hours, usage, capacity, gpu_sources, pods, namespaces, nodes, through)
 
-    def _answer(self, template: str, hours: list[int], through: int | None) -> _Answer:
-        """One usage or capacity query over the chunk: a range query whose value at
-        h + 1h is the increase over the hour that starts at h; for a provisional hour,
-        an instant query at `through` over the part of the hour up to it."""
-        if through is None:
-            promql = template.format(window="1h")
-            params = {
-                "query": promql,
-                "start": str(hours[0] + HOUR),
-                "end": str(hours[-1] + HOUR),
-                "step": str(HOUR),
-            }
-            # Columns straight from the JSON: no Python object per point.
-            # (chunk_hours < MAX_POINTS_PER_SERIES: one request is enough.)
-            answer = _columns(self.client._call("query_range", params), promql)
-            answer.hours = np.rint(answer.hours).astype(np.int64) - HOUR
-            return answer
-        promql = template.format(window=f"{through - hours[0]}s")
-        answer = _columns(
-            self.client._call("query", {"query": promql, "time": str(through)}), promql
-        )
-        answer.hours = np.full(len(answer.values), hours[0], dtype=np.int64)
-        return answer
+    def _downloads(
+        self, jobs: list[tuple[list[int], int | None]], result: IngestResult
+    ) -> Iterator[tuple[list[int], int | None, _Download]]:
+        """Each job's answers, in order. With `concurrency` n > 0, n jobs are asked for
+        at once, ahead of the caller, while it joins and writes the one before: Prometheus
+        and gpuledger then keep both cores busy. Each thread has a client of its own.
+
+        `result.seconds_prometheus`: without threads, the requests' time; with them, the
+        time the caller waited for answers (the threads' parsing of them included).
+        """
+        if self.concurrency < 1 or len(jobs) < 2:
+            for hours, through in jobs:
+                before = self.client.stats.seconds_waiting
+                download = self._download(hours, through, self.client)
+                result.seconds_prometheus += self.client.stats.seconds_waiting - before
+                yield hours, through, download
+            return
+        clients: queue.SimpleQueue[PrometheusClient] = queue.SimpleQueue()
+        own = [_own_client(self.client) for _ in range(self.concurrency)]
+        for client in own:
+            clients.put(client)
+
+        def download(hours: list[int], through: int | None) -> _Download:
+            client = clients.get()
+            try:
+                return self._download(hours, through, client)
+            finally:
+                clients.put(client)
+
+        pending: deque[Future[_Download]] = deque()
+        try:
+            with ThreadPoolExecutor(self.concurrency, thread_name_prefix="ingest-fetch") as pool:
+                try:
+                    ahead = iter(jobs)
+                    for job in itertools.islice(ahead, self.concurrency):
+                        pending.append(pool.submit(download, *job))
+                    for hours, through in jobs:
+                        started = time.monotonic()
+                        answers = pending.popleft().result()
+                        result.seconds_prometheus += time.monotonic() - started
+                        for job in itertools.islice(ahead, 1):
+                            pending.append(pool.submit(download, *job))
+                        yield hours, through, answers
+                finally:
+                    for future in pending:  # after a failure, later answers are not wanted
+                        future.cancel()
+        finally:
+            for client in own:
+                _add_stats(self.client.stats, client.stats)
 
     # ---------------------------------------------------------------- checks
     def _check(self, hours: list[int], usage: pd.DataFrame, capacity: pd.DataFrame) -> None:
@@ -361,14 +437,8 @@ class Ingestor:
 
     # ---------------------------------------------------------------- metadata
     def _metadata(
-        self, first: int, end: int, usage: pd.DataFrame
+        self, first: int, end: int, usage: pd.DataFrame, answers: Mapping[str, list[Sample]]
     ) -> tuple[list[PodMetadata], dict, dict]:
-        q = self.queries
-        rng = f"{end - first}s"
-
-        def instant(template: str) -> list[Sample]:
-            return self.client.query(template.format(range=rng), end)
-
         named = usage[(usage["namespace"] != "") & (usage["pod"] != "")]
         if named.empty:
             return [], {}, {}
@@ -381,33 +451,33 @@ class Ingestor:
 
         owners: dict[tuple[str, str], ObjectRef] = {}
         for sample in sorted(
-            instant(q.pod_owner), key=lambda s: s.labels.get("owner_is_controller") != "true"
+            answers["pod_owner"], key=lambda s: s.labels.get("owner_is_controller") != "true"
         ):
             key = (sample.labels.get("namespace", ""), sample.labels.get("pod", ""))
             kind = sample.labels.get("owner_kind", "")
             if key in seen and kind and kind != "<none>" and key not in owners:
                 owners[key] = ObjectRef(kind, sample.labels.get("owner_name", ""))
-        labels = _labels_by(instant(q.pod_labels), ("namespace", "pod"))
+        labels = _labels_by(answers["pod_labels"], ("namespace", "pod"))
         requests = {
             (s.labels.get("namespace", ""), s.labels.get("pod", "")): s.points[0][1]
-            for s in instant(q.pod_requests)
+            for s in answers["pod_requests"]
         }
         parents: dict[tuple[str, str, str], ObjectRef] = {}
-        for template, kind, name_label in (
-            (q.job_owner, "Job", "job_name"),
-            (q.replicaset_owner, "ReplicaSet", "replicaset"),
+        for query, kind, name_label in (
+            ("job_owner", "Job", "job_name"),
+            ("replicaset_owner", "ReplicaSet", "replicaset"),
         ):
-            for s in instant(template):
+            for s in answers[query]:
                 parents[(s.labels.get("namespace", ""), kind, s.labels.get(name_label, ""))] = (
                     ObjectRef(s.labels.get("owner_kind", ""), s.labels.get("owner_name", ""))
                 )
         namespaces = {
             ns: (values, end)
-            for (ns,), values in _labels_by(instant(q.namespace_labels), ("namespace",)).items()
+            for (ns,), values in _labels_by(answers["namespace_labels"], ("namespace",)).items()
         }
         nodes = {
             node: (values, end)
-            for (node,), values in _labels_by(instant(q.node_labels), ("node",)).items()
+            for (node,), values in _labels_by(answers["node_labels"], ("node",)).items()
         }
 
         resolutions = self.ledger.pod_resolutions(keys) if self.resolver else {}
@@ -479,13 +549,6 @@ class Ingestor:
         )
 
     # ---------------------------------------------------------------- writes
-    def _timed_write(self, data: ChunkData, result: IngestResult) -> None:
-        started = time.monotonic()
-        try:
-            self._write(data, result)
-        finally:
-            result.seconds_ledger += time.monotonic() - started
-
     def _write(self, data: ChunkData, result: IngestResult) -> None:
         self.ledger.merge_metadata(data.pods, data.namespaces, data.nodes)
         result.pods_resolved_by_api += sum(p.resolved_by == "kube-api" for p in data.pods)
@@ -529,6 +592,31 @@ def _chunks(hours: list[int], size: int) -> Iterator[list[int]]:
         run.append(hour)
     if run:
         yield run
+
+
+def _answer(
+    client: PrometheusClient, template: str, hours: list[int], through: int | None
+) -> _Answer:
+    """One usage or capacity query over the chunk: a range query whose value at
+    h + 1h is the increase over the hour that starts at h; for a provisional hour,
+    an instant query at `through` over the part of the hour up to it."""
+    if through is None:
+        promql = template.format(window="1h")
+        params = {
+            "query": promql,
+            "start": str(hours[0] + HOUR),
+            "end": str(hours[-1] + HOUR),
+            "step": str(HOUR),
+        }
+        # Columns straight from the JSON: no Python object per point.
+        # (chunk_hours < MAX_POINTS_PER_SERIES: one request is enough.)
+        answer = _columns(client._call("query_range", params), promql)
+        answer.hours = np.rint(answer.hours).astype(np.int64) - HOUR
+        return answer
+    promql = template.format(window=f"{through - hours[0]}s")
+    answer = _columns(client._call("query", {"query": promql, "time": str(through)}), promql)
+    answer.hours = np.full(len(answer.values), hours[0], dtype=np.int64)
+    return answer
 
 
 def _columns(data: Mapping[str, Any], promql: str) -> _Answer:
@@ -681,6 +769,23 @@ def _capacity_frames(
     )
     sources["gpus"] = np.trunc(sources["gpus"]).astype(np.int64)
     return capacity, sources[list(GPU_SOURCE_COLUMNS)]
+
+
+def _own_client(client: PrometheusClient) -> PrometheusClient:
+    """The client's copy for one thread: a requests.Session must not be shared between
+    threads (psf/requests#2766), nor the sums in `stats`. The session's settings
+    (headers such as a bearer token, auth, TLS) are copied; mounted adapters are not."""
+    own = copy.copy(client)
+    own.session = requests.Session()
+    for name in ("headers", "auth", "verify", "cert", "proxies", "params", "trust_env"):
+        setattr(own.session, name, copy.copy(getattr(client.session, name)))
+    own.stats = ClientStats()
+    return own
+
+
+def _add_stats(total: ClientStats, part: ClientStats) -> None:
+    for item in dataclasses.fields(ClientStats):
+        setattr(total, item.name, getattr(total, item.name) + getattr(part, item.name))
 
 
 def _tuples(frame: pd.DataFrame, columns: tuple[str, ...]) -> list[tuple]:

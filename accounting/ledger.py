@@ -65,6 +65,9 @@ usage = sa.Table(
     sa.Column("busy_ms", sa.BigInteger, nullable=False),
     sa.Column("memory_byte_seconds", sa.Float, nullable=False),
     sa.Column("energy_mj", sa.BigInteger, nullable=False),
+    # SQLite: rows stored in key order, no separate key index: a smaller file and
+    # faster hourly writes. (Ledgers made before keep their tables as they are.)
+    sqlite_with_rowid=False,
 )
 
 capacity = sa.Table(
@@ -77,6 +80,7 @@ capacity = sa.Table(
     sa.Column("capacity_ms", sa.BigInteger, nullable=False),
     sa.Column("busy_ms", sa.BigInteger, nullable=False),
     sa.Column("energy_mj", sa.BigInteger, nullable=False),
+    sqlite_with_rowid=False,
 )
 
 ingested_hours = sa.Table(
@@ -159,6 +163,9 @@ meta = sa.Table(
     sa.Column("key", sa.String(64), primary_key=True),
     sa.Column("value", sa.Text, nullable=False),
 )
+
+# Under other names for modules that have their own `usage` and `capacity`.
+usage_table, capacity_table = usage, capacity
 
 USAGE_KEY = ("hour", "namespace", "pod", "node", "model", "sharing")
 CAPACITY_KEY = ("hour", "node", "model")

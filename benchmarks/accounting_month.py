@@ -13,16 +13,19 @@
    block (promtool re-reads a file once per block it makes), while the next file is
    written; start Prometheus on the blocks (blocks kept at 54 h: no compaction runs
    during the measurement).
-4. In a fresh process: ingest the month with gpuledger's Ingestor (24 h chunks) into an
-   SQLite ledger, then build and write the month's report (CSV, Parquet, FOCUS, HTML).
-   Time waiting on Prometheus, in the ledger and in gpuledger's own code is printed
-   apart, with the peak RSS of that process.
-5. Floors measured side by side: the same PromQL sent bare over HTTP, the same usage
-   rows inserted with bare sqlite3, the month's usage rows read with bare sqlite3 and
-   summed by namespace with bare pandas.
+4. In a fresh process: ingest the month with gpuledger's Ingestor (--chunk-hours,
+   --concurrency) into an SQLite ledger, then build and write the month's report (CSV,
+   Parquet, FOCUS, HTML). Time waiting on Prometheus, in the ledger and in gpuledger's
+   own code is printed apart, with the CPU seconds of gpuledger and of Prometheus (both
+   share the machine's cores) and the peak RSS of the process.
+5. Floors measured side by side: the same PromQL (every request of every chunk) sent
+   bare over HTTP, one at a time and --concurrency at once, the stdlib's json.loads of
+   the answers, the same usage rows inserted with bare sqlite3, the month's usage rows
+   read with bare sqlite3 and summed by namespace with bare pandas.
 
     python benchmarks/accounting_month.py [--nodes 1000] [--gpus 8] [--pods 50000]
-        [--workdir DIR] [--keep]          # ~10 min and ~10 GB of scratch at full size
+        [--workdir DIR] [--keep]          # ~12 min and ~10 GB of scratch at full size
+    python benchmarks/accounting_month.py --workdir DIR --keep --reuse   # measure again
     python benchmarks/accounting_month.py --nodes 20 --pods 1000   # a quick look
 """
 
@@ -401,8 +404,18 @@ def generate_and_backfill(month: Month, work: Path) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------- the measured run
-def measure(prometheus: str, ledger_path: str, month: str, out: str) -> dict[str, float]:
+def measure(
+    prometheus: str,
+    ledger_path: str,
+    month: str,
+    out: str,
+    *,
+    chunk_hours: int,
+    concurrency: int,
+    prometheus_pid: int | None,
+) -> dict[str, float]:
     """Ingest and report the month in this (fresh) process; return the timings."""
+    from accounting import chargeback
     from accounting.html_report import write_html_report
     from accounting.ingest import Ingestor
     from accounting.ledger import Ledger
@@ -419,13 +432,24 @@ def measure(prometheus: str, ledger_path: str, month: str, out: str) -> dict[str
     def progress(done: int, total: int, hour: int) -> None:
         print(f"  ingest: {done}/{total} hours", file=sys.stderr)
 
-    ingestor = Ingestor(client, ledger, price_book, chunk_hours=24, progress=progress)
+    ingestor = Ingestor(
+        client,
+        ledger,
+        price_book,
+        chunk_hours=chunk_hours,
+        concurrency=concurrency,
+        progress=progress,
+    )
+    cpu_before = _cpu_seconds("self"), _cpu_seconds(prometheus_pid)
     ingested = ingestor.run(start, end)
     result.update(
         ingest_s=ingested.seconds_total,
         ingest_prometheus_s=ingested.seconds_prometheus,
+        ingest_requests_s=ingested.seconds_requests,
         ingest_ledger_s=ingested.seconds_ledger,
         ingest_own_s=ingested.seconds_own,
+        ingest_cpu_s=_cpu_seconds("self") - cpu_before[0],
+        ingest_prometheus_cpu_s=_cpu_seconds(prometheus_pid) - cpu_before[1],
         ingest_requests=client.stats.requests,
         ingest_mb_received=client.stats.bytes_received / 1e6,
         hours=ingested.hours_written,
@@ -433,27 +457,31 @@ def measure(prometheus: str, ledger_path: str, month: str, out: str) -> dict[str
         rss_after_ingest_mb=_peak_rss_mb(),
     )
 
-    # The report reads the ledger through these; time them apart from the computing.
+    # The report reads the ledger through these (the cells are split and summed per day
+    # in the database); time them apart from the computing.
     ledger_seconds = 0.0
+
+    def timed(method):
+        def call(*args, **kwargs):
+            nonlocal ledger_seconds
+            t0 = time.monotonic()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                ledger_seconds += time.monotonic() - t0
+
+        return call
+
     for name in (
-        "usage_frame",
-        "capacity_frame",
         "pods_frame",
         "namespaces_frame",
         "nodes_frame",
         "hours_frame",
+        "provisional",
+        "gpu_hours_by_source",
     ):
-        method = getattr(ledger, name)
-
-        def timed(*args, _method=method, **kwargs):
-            nonlocal ledger_seconds
-            t0 = time.monotonic()
-            try:
-                return _method(*args, **kwargs)
-            finally:
-                ledger_seconds += time.monotonic() - t0
-
-        setattr(ledger, name, timed)
+        setattr(ledger, name, timed(getattr(ledger, name)))
+    chargeback.split_cells_in_ledger = timed(chargeback.split_cells_in_ledger)
     t0 = time.monotonic()
     report = build_report(ledger, month, price_book=price_book)
     result["report_build_s"] = time.monotonic() - t0
@@ -462,8 +490,12 @@ def measure(prometheus: str, ledger_path: str, month: str, out: str) -> dict[str
     files = write_report(report, out)
     result["report_files_s"] = time.monotonic() - t0
     t0 = time.monotonic()
-    write_html_report(report, out, simulated=True)
+    html = write_html_report(report, out)
     result["report_html_s"] = time.monotonic() - t0
+    # Generated data is simulated (source="simulated"): every output must say so.
+    result["report_simulated"] = float(
+        report.simulated and 'id="simulated-banner"' in html.read_text()
+    )
     result["report_rows"] = sum(len(f) for f in report.frames.values()) + len(report.focus)
     result["focus_rows"] = len(report.focus)
     result["report_files"] = len(files) + 1
@@ -473,8 +505,14 @@ def measure(prometheus: str, ledger_path: str, month: str, out: str) -> dict[str
     return result
 
 
-def floors(prometheus: str, ledger_path: str, month: str) -> dict[str, float]:
+def floors(
+    prometheus: str, ledger_path: str, month: str, *, chunk_hours: int, concurrency: int
+) -> dict[str, float]:
     """The bare cost of the same work without gpuledger's code around it."""
+    import json as stdlib_json
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
     import pandas as pd
     import requests
 
@@ -482,10 +520,11 @@ def floors(prometheus: str, ledger_path: str, month: str) -> dict[str, float]:
 
     start, end = _month_bounds(month)
     queries = IngestQueries()
-    session = requests.Session()
-    t0 = time.monotonic()
-    for chunk in range(start, end, 24 * HOUR):
-        last = min(end, chunk + 24 * HOUR) - HOUR
+    # The same requests the Ingestor makes: per chunk, 8 range queries of usage and
+    # capacity and 7 instant queries of kube-state-metrics.
+    calls = []
+    for chunk in range(start, end, chunk_hours * HOUR):
+        last = min(end, chunk + chunk_hours * HOUR) - HOUR
         for name in (
             "held",
             "busy",
@@ -496,18 +535,59 @@ def floors(prometheus: str, ledger_path: str, month: str) -> dict[str, float]:
             "gpu_busy",
             "gpu_energy",
         ):
-            response = session.post(
-                f"{prometheus}/api/v1/query_range",
-                data={
-                    "query": getattr(queries, name).format(window="1h"),
-                    "start": chunk + HOUR,
-                    "end": last + HOUR,
-                    "step": HOUR,
-                },
-                timeout=600,
+            calls.append(
+                (
+                    "query_range",
+                    {
+                        "query": getattr(queries, name).format(window="1h"),
+                        "start": chunk + HOUR,
+                        "end": last + HOUR,
+                        "step": HOUR,
+                    },
+                )
             )
-            response.raise_for_status()
-    result = {"floor_prometheus_s": time.monotonic() - t0}
+        for name in (
+            "pod_owner",
+            "pod_labels",
+            "pod_requests",
+            "job_owner",
+            "replicaset_owner",
+            "namespace_labels",
+            "node_labels",
+        ):
+            calls.append(
+                (
+                    "query",
+                    {
+                        "query": getattr(queries, name).format(range=f"{last + HOUR - chunk}s"),
+                        "time": last + HOUR,
+                    },
+                )
+            )
+    local = threading.local()
+
+    def post(call: tuple[str, dict]) -> bytes:
+        if not hasattr(local, "session"):
+            local.session = requests.Session()
+        response = local.session.post(f"{prometheus}/api/v1/{call[0]}", data=call[1], timeout=600)
+        response.raise_for_status()
+        return response.content
+
+    result = {}
+    parse = 0.0
+    t0 = time.monotonic()
+    for call in calls:
+        body = post(call)
+        parsing = time.monotonic()
+        stdlib_json.loads(body)
+        parse += time.monotonic() - parsing
+    result["floor_prometheus_s"] = time.monotonic() - t0 - parse
+    result["floor_json_s"] = parse
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(concurrency) as pool:
+        for _ in pool.map(post, calls):
+            pass
+    result["floor_prometheus_concurrent_s"] = time.monotonic() - t0
     with sqlite3.connect(ledger_path) as conn:
         t0 = time.monotonic()
         rows = conn.execute(
@@ -555,6 +635,14 @@ def _month_bounds(month: str) -> tuple[int, int]:
     return month_of(month)[1:]
 
 
+def _cpu_seconds(pid: int | str | None) -> float:
+    """User + system CPU seconds of a process so far (0 when there is none)."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -575,16 +663,25 @@ def main() -> int:
     parser.add_argument("--month", default=None, help="YYYY-MM (default: the last 30-day month)")
     parser.add_argument("--workdir", default=None, help="scratch directory (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the workdir")
-    parser.add_argument("--reuse", action="store_true", help="reuse the workdir's backfilled data")
     parser.add_argument(
-        "--measure", nargs=3, metavar=("PROMETHEUS", "LEDGER", "OUT"), help=argparse.SUPPRESS
+        "--reuse",
+        action="store_true",
+        help="reuse the workdir's backfilled data (with --keep: generate once, measure often)",
+    )
+    parser.add_argument("--chunk-hours", type=int, default=72, help="the Ingestor's chunk_hours")
+    parser.add_argument(
+        "--concurrency", type=int, default=2, help="the Ingestor's concurrency (0: no threads)"
+    )
+    parser.add_argument(
+        "--measure", nargs=4, metavar=("PROMETHEUS", "PID", "LEDGER", "OUT"), help=argparse.SUPPRESS
     )
     args = parser.parse_args()
     month, start, end = month_of(args.month)
+    options = {"chunk_hours": args.chunk_hours, "concurrency": args.concurrency}
     if args.measure:
-        prometheus, ledger_path, out = args.measure
-        result = measure(prometheus, ledger_path, month, out)
-        result.update(floors(prometheus, ledger_path, month))
+        prometheus, pid, ledger_path, out = args.measure
+        result = measure(prometheus, ledger_path, month, out, prometheus_pid=int(pid), **options)
+        result.update(floors(prometheus, ledger_path, month, **options))
         print(json.dumps(result))
         return 0
 
@@ -621,8 +718,13 @@ def main() -> int:
                     __file__,
                     "--month",
                     month,
+                    "--chunk-hours",
+                    str(args.chunk_hours),
+                    "--concurrency",
+                    str(args.concurrency),
                     "--measure",
                     server.url,
+                    str(server.process.pid),
                     str(ledger_path),
                     str(work / "report"),
                 ],
@@ -640,16 +742,24 @@ def main() -> int:
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    print_table(month_plan, month, built, result, wall, prometheus_rss)
+    print_table(month_plan, month, built, result, wall, prometheus_rss, options)
     return 0
 
 
 def print_table(
-    month: Month, name: str, built: dict, r: dict, wall: float, prometheus_rss: float
+    month: Month,
+    name: str,
+    built: dict,
+    r: dict,
+    wall: float,
+    prometheus_rss: float,
+    options: dict[str, int],
 ) -> None:
     gpu_hours = float(np.sum((month.pod_end - month.pod_start) / HOUR * month.pod_width))
     capacity = len(month.nodes) * month.gpus * (month.end - month.start) / HOUR
-    ingest_report = r["ingest_s"] + r["report_build_s"] + r["report_files_s"] + r["report_html_s"]
+    report_s = r["report_build_s"] + r["report_files_s"] + r["report_html_s"]
+    ingest_report = r["ingest_s"] + report_s
+    chunk, concurrency = options["chunk_hours"], options["concurrency"]
     lines = [
         f"accounting benchmark, {name}: {len(month.nodes)} nodes x {month.gpus} GPUs, "
         f"{month.pods} pods (mean {np.mean((month.pod_end - month.pod_start) / HOUR):.1f} h, "
@@ -664,21 +774,23 @@ def print_table(
             f"| backfill (promtool, overlapped) | {built['backfill_wait_s']:.1f} | waited after writing; total data setup {built['total_s']:.1f} s |",
         ]
     lines += [
-        f"| **ingest** (Ingestor, 24 h chunks) | **{r['ingest_s']:.1f}** | {r['hours']:.0f} hours, {r['usage_rows']:,.0f} usage rows |",
-        f"|   waiting on Prometheus | {r['ingest_prometheus_s']:.1f} | {r['ingest_requests']:.0f} requests, {r['ingest_mb_received']:.0f} MB |",
+        f"| **ingest** (Ingestor, {chunk} h chunks, {concurrency} at once) | **{r['ingest_s']:.1f}** | {r['hours']:.0f} hours, {r['usage_rows']:,.0f} usage rows |",
+        f"|   waiting on Prometheus | {r['ingest_prometheus_s']:.1f} | the time ingestion waited for answers (with threads: not overlapped by its own work) |",
+        f"|   Prometheus requests | {r['ingest_requests_s']:.1f} | {r['ingest_requests']:.0f} requests, {r['ingest_mb_received']:.0f} MB; summed over threads, overlapped |",
         f"|   in the ledger (SQLite) | {r['ingest_ledger_s']:.1f} | |",
-        f"|   in gpuledger's own code | {r['ingest_own_s']:.1f} | parsing JSON, joining, checking |",
+        f"|   in gpuledger's own code | {r['ingest_own_s']:.1f} | joining, checking (JSON parsing is in the threads) |",
+        f"|   CPU: gpuledger / Prometheus | {r['ingest_cpu_s']:.1f} / {r['ingest_prometheus_cpu_s']:.1f} | CPU seconds during ingest, on {os.cpu_count()} CPUs |",
         f"| **report** build (7 chargebacks + FOCUS) | **{r['report_build_s']:.1f}** | {r['report_rows']:,.0f} rows ({r['focus_rows']:,.0f} FOCUS) |",
-        f"|   reading the ledger | {r['report_ledger_s']:.1f} | |",
+        f"|   reading the ledger | {r['report_ledger_s']:.1f} | cells split and summed per day in SQLite |",
         f"|   in gpuledger's own code | {r['report_build_s'] - r['report_ledger_s']:.1f} | |",
         f"| report files (CSV, Parquet, FOCUS) | {r['report_files_s']:.1f} | {r['report_files']:.0f} files incl. HTML |",
-        f"| report HTML | {r['report_html_s']:.1f} | |",
+        f"| report HTML | {r['report_html_s']:.1f} | simulated banner: {'yes' if r['report_simulated'] else 'NO'} |",
         f"| **ingest + report** | **{ingest_report:.1f}** | target < 60 s; process wall {wall:.1f} s with floors |",
         f"| peak RSS of gpuledger | {r['rss_peak_mb']:.0f} MB | after ingest {r['rss_after_ingest_mb']:.0f} MB; target < 2048 MB |",
         f"| peak RSS of Prometheus | {prometheus_rss:.0f} MB | the server, for reference |",
-        "| floor: same PromQL, bare HTTP | {:.1f} | requests.post, no parsing |".format(
-            r["floor_prometheus_s"]
-        ),
+        f"| floor: same PromQL, bare HTTP | {r['floor_prometheus_s']:.1f} | the same {chunk} h requests one at a time, requests.post, no parsing |",
+        f"| floor: same PromQL, bare HTTP, {concurrency} at once | {r['floor_prometheus_concurrent_s']:.1f} | threads, one session each |",
+        f"| floor: bare json.loads of the answers | {r['floor_json_s']:.1f} | stdlib json |",
         "| floor: same rows, bare sqlite3 insert | {:.1f} | executemany, one transaction |".format(
             r["floor_insert_s"]
         ),

@@ -9,8 +9,16 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from accounting.chargeback import DIMENSIONS, chargeback_from_frames
-from accounting.costmodel import IDLE, UNATTRIBUTED, WORKLOAD, largest_remainder, split_cells
+from accounting import ledger as ledger_tables
+from accounting.chargeback import DIMENSIONS, MONEY, chargeback, chargeback_from_frames
+from accounting.costmodel import (
+    IDLE,
+    UNATTRIBUTED,
+    WORKLOAD,
+    largest_remainder,
+    split_cells,
+    split_cells_in_ledger,
+)
 from accounting.pricebook import ModelPrice, PriceBook
 
 HOUR = 3600
@@ -206,3 +214,59 @@ def test_an_unknown_gpu_model_in_usage_is_refused_with_its_name():
         chargeback_from_frames(
             usage, capacity, EMPTY_PODS, EMPTY_NAMESPACES, EMPTY_NODES, 0, HOUR, price_book=book
         )
+
+
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    cluster=clusters(),
+    book=price_books(),
+    by=st.lists(st.sampled_from(DIMENSIONS), max_size=3, unique=True),
+    idle=st.sampled_from(["row", "share"]),
+)
+def test_the_ledger_splits_cells_in_its_database_as_the_frames_do(ledger, cluster, book, by, idle):
+    usage, capacity = cluster
+    # Hours 9 h apart: cells of the same day are summed, cells of other days are not.
+    usage = usage.assign(hour=usage["hour"] * 9)
+    capacity = capacity.assign(hour=capacity["hour"] * 9)
+    with ledger.engine.begin() as conn:
+        for table in (ledger_tables.usage, ledger_tables.capacity, ledger_tables.ingested_hours):
+            conn.execute(table.delete())
+    hours = sorted({*usage["hour"].tolist(), *capacity["hour"].tolist()})
+    ledger.write_hours(
+        hours,
+        list(usage[list(ledger_tables.USAGE_COLUMNS)].itertuples(index=False, name=None)),
+        list(capacity[list(ledger_tables.CAPACITY_COLUMNS)].itertuples(index=False, name=None)),
+        "test",
+    )
+    end = 2 * 86400
+    records, _, _ = split_cells_in_ledger(ledger, 0, end)
+    expected = split_cells(usage, capacity).assign(hour=lambda f: f["hour"] // 86400 * 86400)
+    keys = ["hour", "category", "namespace", "pod", "node", "model"]
+    sums = ["held_ms", "busy_ms", "energy_mj"]
+    assert (
+        records.groupby(keys)[sums].sum().to_dict() == expected.groupby(keys)[sums].sum().to_dict()
+    )
+
+    from_ledger = chargeback(ledger, 0, end, price_book=book, by=by, idle=idle)
+    from_frames = chargeback_from_frames(
+        usage,
+        capacity,
+        EMPTY_PODS,
+        EMPTY_NAMESPACES,
+        EMPTY_NODES,
+        0,
+        end,
+        price_book=book,
+        by=by,
+        idle=idle,
+    )
+    money = ["category", *by, *MONEY]
+    assert from_ledger[money].to_dict("records") == from_frames[money].to_dict("records")
+    assert from_ledger["gpu_hours_held"].tolist() == from_frames["gpu_hours_held"].tolist()
+    assert from_ledger["memory_gb_hours"].tolist() == pytest.approx(
+        from_frames["memory_gb_hours"].tolist()
+    )
