@@ -19,7 +19,8 @@ from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
 import pandas as pd
 import sqlalchemy as sa
 
-from accounting.ledger import Ledger, capacity_table, usage_table
+from accounting import ledger as schema
+from accounting.ledger import Ledger
 from accounting.pricebook import PriceBook
 
 WORKLOAD, UNATTRIBUTED, IDLE = "workload", "__unattributed__", "__idle__"
@@ -125,7 +126,7 @@ def split_cells_in_ledger(
     milli-units are exact, so every cost is the one `split_cells` gives; a month's
     millions of usage rows stay in the database.
     """
-    u, c = usage_table, capacity_table
+    u, c = schema.usage, schema.capacity
     with ledger.engine.connect() as conn:
         workload = _frame(conn, _usage_by_day(u, start, end))
         cells = _frame(conn, _cells_by_day(u, c, start, end))
@@ -398,7 +399,15 @@ def largest_remainder(
         names = (
             list(names) if names is not None else [str(i).zfill(12) for i in range(len(amounts))]
         )
-        order = sorted(range(len(amounts)), key=lambda i: (-(amounts[i] - floors[i]), names[i], i))
-        for i in order[:missing]:
+        # Plain tuples sort without a key function: fast on a FOCUS file's 100,000 rows.
+        order = sorted(
+            zip(
+                [f - a for a, f in zip(amounts, floors, strict=True)],
+                names,
+                range(len(amounts)),
+                strict=True,
+            )
+        )
+        for _, _, i in order[:missing]:
             floors[i] += CENT
     return floors

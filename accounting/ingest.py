@@ -272,9 +272,7 @@ class Ingestor:
             raise IngestError(f"--from {iso(start)} is not before {iso(until)}")
         settled = min(floor_hour(until), floor_hour(now - settle_seconds))
         settled = max(settled, start)
-        provisional = {
-            hour: min(until, hour + HOUR) for hour in range(settled, until, HOUR) if hour < until
-        }
+        provisional = {hour: min(until, hour + HOUR) for hour in range(settled, until, HOUR)}
         return self._run(start, settled, resume=resume, provisional=provisional)
 
     def _run(
@@ -339,7 +337,7 @@ class Ingestor:
         capacity, gpu_sources = _capacity_frames(download.answers, hours)
         self._check(hours, usage, capacity)
         end = hours[-1] + HOUR if through is None else through
-        pods, namespaces, nodes = self._metadata(hours[0], end, usage, download.metadata)
+        pods, namespaces, nodes = self._metadata(end, usage, download.metadata)
         return ChunkData(hours, usage, capacity, gpu_sources, pods, namespaces, nodes, through)
 
     def _downloads(
@@ -394,9 +392,10 @@ class Ingestor:
 
     # ---------------------------------------------------------------- checks
     def _check(self, hours: list[int], usage: pd.DataFrame, capacity: pd.DataFrame) -> None:
-        with_data = sorted(set(capacity["hour"].tolist()))
+        with_data = set(capacity["hour"].tolist())
         if with_data and not self.allow_gaps:
-            holes = [h for h in hours if with_data[0] < h < with_data[-1] and h not in with_data]
+            first, last = min(with_data), max(with_data)
+            holes = [h for h in hours if first < h < last and h not in with_data]
             if holes:
                 raise PartialDataError(
                     f"Prometheus has no GPU data at all for {iso(holes[0])}"
@@ -437,7 +436,7 @@ class Ingestor:
 
     # ---------------------------------------------------------------- metadata
     def _metadata(
-        self, first: int, end: int, usage: pd.DataFrame, answers: Mapping[str, list[Sample]]
+        self, end: int, usage: pd.DataFrame, answers: Mapping[str, list[Sample]]
     ) -> tuple[list[PodMetadata], dict, dict]:
         named = usage[(usage["namespace"] != "") & (usage["pod"] != "")]
         if named.empty:
@@ -777,7 +776,9 @@ def _own_client(client: PrometheusClient) -> PrometheusClient:
     (headers such as a bearer token, auth, TLS) are copied; mounted adapters are not."""
     own = copy.copy(client)
     own.session = requests.Session()
-    for name in ("headers", "auth", "verify", "cert", "proxies", "params", "trust_env"):
+    # .copy(): copy.copy of requests' CaseInsensitiveDict would share its contents.
+    own.session.headers = client.session.headers.copy()
+    for name in ("auth", "verify", "cert", "proxies", "params", "trust_env"):
         setattr(own.session, name, copy.copy(getattr(client.session, name)))
     own.stats = ClientStats()
     return own

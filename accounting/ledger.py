@@ -164,9 +164,6 @@ meta = sa.Table(
     sa.Column("value", sa.Text, nullable=False),
 )
 
-# Under other names for modules that have their own `usage` and `capacity`.
-usage_table, capacity_table = usage, capacity
-
 USAGE_KEY = ("hour", "namespace", "pod", "node", "model", "sharing")
 CAPACITY_KEY = ("hour", "node", "model")
 # Row tuples for `Ledger.write_hours` are in the tables' column order.

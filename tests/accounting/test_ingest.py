@@ -249,3 +249,39 @@ def _recent() -> int:
     from tests.accounting.conftest import history_start
 
     return history_start()
+
+
+def test_threads_write_the_ledger_one_at_a_time_would(prometheus, history, tmp_path):
+    ledgers = {}
+    for concurrency in (0, 2):
+        ledger = Ledger(str(tmp_path / f"l{concurrency}.sqlite")).create()
+        client = PrometheusClient(prometheus.url, retries=0)
+        ingestor = Ingestor(
+            client, ledger, load_price_book(), chunk_hours=2, concurrency=concurrency
+        )
+        result = ingestor.run(history.start, history.end)
+        assert result.hours_written == 12 and result.seconds_prometheus > 0
+        # Every request is counted, in whichever thread it ran: 15 for each of 6 chunks.
+        assert client.stats.requests == 6 * 15 and result.seconds_requests > 0
+        ledgers[concurrency] = {t: ledger.table_rows(t) for t in (*TABLES, "gpu_sources")}
+    assert ledgers[0] == ledgers[2]
+    assert_matches_truth(ledger, history)
+
+
+def test_each_thread_has_a_session_of_its_own_with_the_clients_settings():
+    from accounting.ingest import _own_client
+
+    client = PrometheusClient(
+        "http://prometheus.test:9090", headers={"Authorization": "Bearer s3cret"}, retries=5
+    )
+    client.session.verify = "/etc/ssl/cluster-ca.pem"
+    client.stats.requests = 3
+    own = _own_client(client)
+    assert own.session is not client.session and own.stats is not client.stats
+    assert own.session.headers["Authorization"] == "Bearer s3cret"
+    assert own.session.verify == "/etc/ssl/cluster-ca.pem"
+    assert (own.url, own.retries, own.stats.requests) == (client.url, 5, 0)
+    own.session.headers["Authorization"] = "Bearer other"
+    assert client.session.headers["Authorization"] == "Bearer s3cret"
+    with pytest.raises(ValueError, match="concurrency must be 0"):
+        Ingestor(client, Ledger("sqlite://"), load_price_book(), concurrency=-1)

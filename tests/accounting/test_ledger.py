@@ -11,7 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from accounting.ledger import (
+    CAPACITY_COLUMNS,
     HOUR,
+    USAGE_COLUMNS,
     Ledger,
     LedgerError,
     PodMetadata,
@@ -163,3 +165,29 @@ def test_a_bad_ledger_url_says_what_is_accepted(tmp_path):
         Ledger("nosuchdb://x/y")
     with pytest.raises(LedgerError, match="cannot open the ledger"):
         Ledger(str(tmp_path / "missing-dir" / "l.sqlite")).create()
+
+
+def test_hours_are_written_together_and_rows_must_belong_to_them(ledger):
+    row = usage_row("a", 100)
+    tuples = [
+        (hour, *(row[c] for c in USAGE_COLUMNS[1:])) for hour in (H0, H0 + HOUR, H0 + 2 * HOUR)
+    ]
+    capacity = [(H0, *(CAPACITY[0][c] for c in CAPACITY_COLUMNS[1:]))]
+    with pytest.raises(ValueError, match=rf"rows of hours \[{H0 + 2 * HOUR}\] are not among"):
+        ledger.write_hours([H0, H0 + HOUR], tuples, capacity, "test")
+    assert ledger.done_hours(H0, H0 + 3 * HOUR) == set()
+    ledger.write_hours([H0, H0 + HOUR], tuples[:2], capacity, "test")
+    hours = ledger.hours_frame(H0, H0 + 3 * HOUR)
+    assert hours["usage_rows"].tolist() == [1, 1] and hours["gpus"].tolist() == [8, 0]
+
+
+def test_a_provisional_hour_is_in_the_ledger_but_not_done(ledger):
+    ledger.write_hours([H0], [], [], "test", provisional_through=H0 + 600)
+    assert ledger.done_hours(H0, H0 + HOUR) == set() and ledger.last_hour() is None
+    assert ledger.provisional(H0, H0 + HOUR) == {H0: H0 + 600}
+    # Writing the hour again, done, replaces the provisional mark.
+    ledger.write_hour(H0, [usage_row("a", 100)], CAPACITY, "test")
+    assert ledger.provisional(H0, H0 + HOUR) == {} and ledger.done_hours(H0, H0 + HOUR) == {H0}
+    for hours, through in (([H0, H0 + HOUR], H0 + 600), ([H0], H0), ([H0], H0 + HOUR + 1)):
+        with pytest.raises(ValueError, match="a provisional write is of one hour"):
+            ledger.write_hours(hours, [], [], "test", provisional_through=through)
