@@ -53,6 +53,14 @@ def register(parser: argparse.ArgumentParser) -> None:
         default=10_000,
         help="cap on pod-on-device series; the rest are dropped and counted",
     )
+    parser.add_argument(
+        "--departed-grace",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="keep a departed pod's counters (frozen) this long, so that Prometheus scrapes "
+        "their last value; longer than the scrape interval (default 300)",
+    )
     kube = parser.add_argument_group("attribution (real GPUs)")
     kube.add_argument(
         "--kubelet-socket", default=DEFAULT_KUBELET_SOCKET, help="the kubelet's PodResources socket"
@@ -105,12 +113,14 @@ def build_exporter(args: argparse.Namespace) -> Exporter:
             dcgm_compat=args.dcgm_compat,
             max_pod_series=args.max_pod_series,
             probe_socket=args.probe_socket,
+            departed_grace_s=args.departed_grace,
         )
     return wiring.nvml_exporter(
         node=args.node_name or socket.gethostname(),
         interval_s=args.interval,
         dcgm_compat=args.dcgm_compat,
         max_pod_series=args.max_pod_series,
+        departed_grace_s=args.departed_grace,
         kubelet_socket=None if args.no_kubelet else args.kubelet_socket,
         extra_resource_names=args.resource_name,
         proc_root=args.proc_root,

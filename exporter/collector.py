@@ -14,7 +14,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from exporter import catalogue as cat
 from exporter.catalogue import MetricSpec, MetricType
+from exporter.integrator import PodTotals
 from exporter.model import GpuReading
+from exporter.pod_usage import PodDeviceKey
 from exporter.state import ExporterState
 from gpuledger import __version__
 
@@ -161,9 +163,9 @@ class GpuLedgerCollector:
     @staticmethod
     def _pods(state: ExporterState, out: Families) -> None:
         source, node = state.source, state.node
-        for usage in state.usages:
-            k = usage.key
-            labels = [
+
+        def key_labels(k: PodDeviceKey) -> list[str]:
+            return [
                 k.namespace,
                 k.pod,
                 k.container,
@@ -176,18 +178,28 @@ class GpuLedgerCollector:
                 k.sharing,
                 source,
             ]
+
+        def counters(labels: list[str], totals: PodTotals) -> None:
+            out.add(cat.POD_GPU_ALLOCATED_SECONDS, labels, totals.allocated_seconds)
+            if totals.busy_known:
+                out.add(cat.POD_GPU_BUSY_SECONDS, labels, totals.busy_seconds)
+            out.add(cat.POD_GPU_MEMORY_BYTE_SECONDS, labels, totals.memory_byte_seconds)
+            out.add(cat.POD_GPU_ENERGY, labels, totals.energy_joules)
+
+        for usage in state.usages:
+            labels = key_labels(usage.key)
             out.add(cat.POD_GPU_ALLOCATED, labels + [usage.resource], usage.allocated)
             if usage.utilization is not None:
                 out.add(cat.POD_GPU_UTILIZATION, labels, usage.utilization)
             if usage.memory_used_bytes is not None:
                 out.add(cat.POD_GPU_MEMORY_USED, labels, usage.memory_used_bytes)
-            totals = state.totals.pods.get(k)
+            totals = state.totals.pods.get(usage.key)
             if totals is not None:
-                out.add(cat.POD_GPU_ALLOCATED_SECONDS, labels, totals.allocated_seconds)
-                if usage.utilization is not None:
-                    out.add(cat.POD_GPU_BUSY_SECONDS, labels, totals.busy_seconds)
-                out.add(cat.POD_GPU_MEMORY_BYTE_SECONDS, labels, totals.memory_byte_seconds)
-                out.add(cat.POD_GPU_ENERGY, labels, totals.energy_joules)
+                counters(labels, totals)
+        # A pod that let go of its device: only its frozen counters, for a grace period,
+        # so that the last scrape sees its last value. No gauges: it holds nothing now.
+        for key, totals in state.totals.departed.items():
+            counters(key_labels(key), totals)
 
     @staticmethod
     def _self(state: ExporterState, out: Families) -> None:

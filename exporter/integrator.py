@@ -36,6 +36,7 @@ class PodTotals:
     busy_seconds: float = 0.0
     memory_byte_seconds: float = 0.0
     energy_joules: float = 0.0
+    busy_known: bool = False  # a utilisation sample was ever credited
 
 
 @dataclass
@@ -43,15 +44,24 @@ class UsageTotals:
     gpus: dict[str, GpuTotals] = field(default_factory=dict)  # by GPU uuid
     migs: dict[str, float] = field(default_factory=dict)  # MIG uuid -> busy seconds
     pods: dict[PodDeviceKey, PodTotals] = field(default_factory=dict)
+    # Pods that let go of a device, their counters frozen, kept `departed_grace_s`
+    # so that Prometheus scrapes their last value (see UsageIntegrator).
+    departed: dict[PodDeviceKey, PodTotals] = field(default_factory=dict)
 
 
 class UsageIntegrator:
     """Turns successive snapshots into monotonic usage counters."""
 
-    def __init__(self, max_gap_s: float = 10.0) -> None:
+    def __init__(self, max_gap_s: float = 10.0, departed_grace_s: float = 300.0) -> None:
         self.max_gap_s = max_gap_s
+        # A pod's last period is credited in the collection before it leaves, but
+        # Prometheus may scrape only every 15-60 s: dropping the series at once would
+        # lose up to a scrape interval of every pod's usage. Its frozen counters stay
+        # this long (longer than any sane scrape interval), then go.
+        self.departed_grace_s = departed_grace_s
         self.totals = UsageTotals()
         self._last_monotonic: float | None = None
+        self._departed_at: dict[PodDeviceKey, float] = {}
 
     def _period(self, snapshot: DeviceSnapshot) -> float:
         last, self._last_monotonic = self._last_monotonic, snapshot.monotonic
@@ -70,17 +80,31 @@ class UsageIntegrator:
                     self.totals.migs[mig.uuid] = busy + mig.utilization * dt
 
         alive: dict[PodDeviceKey, PodTotals] = {}
+        departed = self.totals.departed
         for usage in usages:
-            totals = self.totals.pods.get(usage.key) or PodTotals()
+            totals = self.totals.pods.get(usage.key) or departed.pop(usage.key, None)
+            if totals is None:
+                totals = PodTotals()
+            self._departed_at.pop(usage.key, None)
             totals.allocated_seconds += usage.allocated * dt
             if usage.utilization is not None:
                 totals.busy_seconds += usage.utilization * dt
+                totals.busy_known = True
             if usage.memory_used_bytes is not None:
                 totals.memory_byte_seconds += usage.memory_used_bytes * dt
             totals.energy_joules += usage.energy_share * energy_delta.get(usage.key.uuid, 0.0)
             alive[usage.key] = totals
-        # A pod that no longer holds the device loses its series; if it comes back, its
-        # counters start from zero, which Prometheus reads as a counter reset.
+        now = snapshot.monotonic
+        for key, totals in self.totals.pods.items():
+            if key not in alive:
+                departed[key] = totals
+                self._departed_at[key] = now
+        # After the grace period the series goes; a pod that comes back later starts
+        # from zero, which Prometheus reads as a counter reset.
+        for key, since in list(self._departed_at.items()):
+            if now - since >= self.departed_grace_s:
+                del self._departed_at[key]
+                departed.pop(key, None)
         self.totals.pods = alive
         return self.totals
 

@@ -48,6 +48,7 @@ class CollectionLoop:
         after_collect: list[Callable[[ExporterState], None]] | None = None,
         registry=None,
         clock: Callable[[], float] = time.monotonic,
+        departed_grace_s: float = 300.0,
     ) -> None:
         self.source = source
         self.node = node
@@ -57,7 +58,9 @@ class CollectionLoop:
         self._attribution_errors = attribution_errors
         self._after_collect = list(after_collect or [])
         self._clock = clock
-        self._integrator = UsageIntegrator(max_gap_s=max(10.0, 5 * interval_s))
+        self._integrator = UsageIntegrator(
+            max_gap_s=max(10.0, 5 * interval_s), departed_grace_s=departed_grace_s
+        )
         self._state = empty_state(node)
         self._last_attribution = Attribution()
         self._exported_keys: set[PodDeviceKey] = set()

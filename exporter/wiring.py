@@ -47,6 +47,7 @@ def _collective_parts(
     gpu_to_pods: Callable[[str], list[PodRef]] | None = None,
     sys_root: str | None = None,
     live_pods=None,
+    departed_grace_s: float = 300.0,
 ):
     """Collectors, stop callbacks and after-collection hooks for the probe listener,
     NCCL Inspector files and link counters."""
@@ -60,6 +61,7 @@ def _collective_parts(
         gpu_to_pods=gpu_to_pods,
         sys_root=sys_root,
         live_pods=live_pods,
+        departed_grace_s=departed_grace_s,
     )
 
 
@@ -71,6 +73,7 @@ def simulated_exporter(
     dcgm_compat: bool = False,
     max_pod_series: int = 10_000,
     probe_socket: str | None = None,
+    departed_grace_s: float = 300.0,
 ) -> Exporter:
     """An exporter on a simulated node; its pods are the scenario's."""
     from exporter.sources.simulated import SimulatedAttribution, SimulatedSource
@@ -102,7 +105,11 @@ def simulated_exporter(
         return PodRef(LOCAL_NAMESPACE, f"pid-{pid}", _process_name(pid))
 
     collectors, stops, hooks = _collective_parts(
-        probe_socket, node_name, resolve_pid, live_pods=live_pods
+        probe_socket,
+        node_name,
+        resolve_pid,
+        live_pods=live_pods,
+        departed_grace_s=departed_grace_s,
     )
     return Exporter(
         source,
@@ -111,6 +118,7 @@ def simulated_exporter(
         interval_s=interval_s,
         dcgm_compat=dcgm_compat,
         max_pod_series=max_pod_series,
+        departed_grace_s=departed_grace_s,
         extra_collectors=collectors,
         after_collect=hooks,
         on_stop=stops,
@@ -132,6 +140,7 @@ def nvml_exporter(
     sys_root: str | None = "/sys",
     nvml=None,
     api_client=None,
+    departed_grace_s: float = 300.0,
 ) -> Exporter:
     """An exporter on this node's real GPUs. Raises NvmlUnavailable without a driver."""
     from exporter.attribution.cgroup import pod_of_pid
@@ -188,7 +197,14 @@ def nvml_exporter(
         return [PodRef(p.namespace, p.name, "", p.uid) for p in watch.pods()]
 
     collectors, collective_stops, hooks = _collective_parts(
-        probe_socket, node, resolve_pid, inspector_dir, gpu_to_pods, sys_root, live_pods
+        probe_socket,
+        node,
+        resolve_pid,
+        inspector_dir,
+        gpu_to_pods,
+        sys_root,
+        live_pods,
+        departed_grace_s,
     )
     stops.extend(collective_stops)
     return Exporter(
@@ -198,6 +214,7 @@ def nvml_exporter(
         interval_s=interval_s,
         dcgm_compat=dcgm_compat,
         max_pod_series=max_pod_series,
+        departed_grace_s=departed_grace_s,
         attribution_errors=lambda: resolver.errors,
         extra_collectors=collectors,
         after_collect=hooks,

@@ -339,7 +339,9 @@ def _counter_delta(prometheus: Prometheus, selector: str, start: float, end: flo
 def collective_figures(prometheus: Prometheus, timeline: Timeline) -> list[Figure]:
     """All-reduce bytes of each rank (exact) and bus bandwidth of each communication phase."""
     figures = []
-    end = timeline.ended + 10
+    # The counters only grow: read them as late as Prometheus has them, so that the
+    # probes' last reports (sent as the ranks exit) are in, however slow the machine.
+    end = max(timeline.ended + 10, time.time())
     window = f"{int(end - timeline.started) + 60}s"
     for rank, run in sorted(timeline.runs.items()):
         pod = f'pod="pid-{run["pid"]}", operation="all_reduce"'

@@ -66,6 +66,9 @@ class AggregatorLimits:
     max_streams: int = 4096
     max_streams_per_pid: int = 16
     stream_ttl_s: float = 600.0
+    # A pod that is gone keeps its series this long, so that Prometheus scrapes the
+    # last report (sent as its processes exit) before the series goes.
+    departed_grace_s: float = 300.0
     # A bandwidth gauge shows the last report period with traffic, if this recent.
     bandwidth_window_s: float = 60.0
     # Plausibility, per process: above any link today (NVLink 5: 1.8 TB/s per GPU).
@@ -161,6 +164,7 @@ class CollectiveAggregator:
         self._streams: dict[tuple[int, str], _Stream] = {}
         self._rejected = dict.fromkeys(REJECT_REASONS, 0)
         self._connections = 0
+        self._gone_since: dict[tuple[str, str, str], float] = {}
 
     # ------------------------------------------------------------ input
     def ingest(self, pid: int, pod: PodRef, report: Report) -> str | None:
@@ -207,15 +211,30 @@ class CollectiveAggregator:
             self._connections = count
 
     def retain_pods(self, pods: Iterable[PodRef]) -> None:
-        """Forget every pod not in `pods` (matched on namespace, name and UID; not container)."""
+        """Forget every pod not in `pods` (matched on namespace, name and UID; not
+        container) once it has been missing for `departed_grace_s`."""
         alive = {_pod_key(p) for p in pods}
+        now = self._clock()
+        grace = self.limits.departed_grace_s
         with self._lock:
-            for key in [k for k in self._series if _pod_key(k[0]) not in alive]:
+            known = {_pod_key(p) for p in self._pods}
+            known |= {_pod_key(k[0]) for k in self._series}
+            known |= {_pod_key(s.pod) for s in self._streams.values()}
+            for key in known - alive:
+                self._gone_since.setdefault(key, now)
+            for key in [k for k in self._gone_since if k in alive or k not in known]:
+                del self._gone_since[key]
+            gone = {k for k, since in self._gone_since.items() if now - since >= grace}
+            if not gone:
+                return
+            for key in [k for k in self._series if _pod_key(k[0]) in gone]:
                 del self._series[key]
-            for pod in [p for p in self._pods if _pod_key(p) not in alive]:
+            for pod in [p for p in self._pods if _pod_key(p) in gone]:
                 del self._pods[pod]
-            for key in [k for k, s in self._streams.items() if _pod_key(s.pod) not in alive]:
+            for key in [k for k, s in self._streams.items() if _pod_key(s.pod) in gone]:
                 del self._streams[key]
+            for key in gone:
+                del self._gone_since[key]
 
     # ------------------------------------------------------------ output
     def snapshot(self) -> CollectiveSnapshot:

@@ -127,6 +127,24 @@ def test_pod_counters_add_up_to_the_gpu():
     assert held["infer-0"] == pytest.approx(4 / 7)
 
 
+def test_a_departed_pod_keeps_its_counters_for_the_last_scrape_but_no_gauges():
+    gpus = [h100(0, utilization=1.0)]
+    held = Attribution(devices=assign(gpus[0].uuid, pod("train-0")))
+    current = {"attribution": held}
+    exporter = Exporter(
+        ScriptedSource(gpus, step=1.0), "node-a", lambda snapshot: current["attribution"]
+    )
+    before = families(collect_text(exporter, times=3))
+    assert {"gpuledger_pod_gpu_allocated", "gpuledger_pod_gpu_utilization_ratio"} <= set(before)
+    current["attribution"] = Attribution()
+    parsed = families(collect_text(exporter, times=1))
+    counter = parsed["gpuledger_pod_gpu_allocated_seconds"]
+    held_s = {s.labels["pod"]: s.value for s in counter.samples}
+    assert held_s == {"train-0": pytest.approx(2.0)}  # frozen at its last credited period
+    assert "gpuledger_pod_gpu_allocated" not in parsed  # it holds nothing now
+    assert "gpuledger_pod_gpu_utilization_ratio" not in parsed
+
+
 def test_dcgm_compat_names_units_and_labels():
     gpus = fleet()
     exporter = Exporter(

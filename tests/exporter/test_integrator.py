@@ -55,8 +55,8 @@ def test_a_gap_longer_than_max_gap_is_not_credited():
     assert totals.gpus[h100(0).uuid].sampled_seconds == pytest.approx(1.0)
 
 
-def test_pod_counters_follow_the_pod_and_vanish_with_it():
-    integrator = UsageIntegrator()
+def test_pod_counters_follow_the_pod_and_outlive_it_by_the_grace_period():
+    integrator = UsageIntegrator(departed_grace_s=30)
     gpu = h100(0, utilization=0.5, memory_used_bytes=2 * GIB, energy_joules=100.0)
     held = Attribution(devices=assign(gpu.uuid, pod("a")))
     totals = run(
@@ -73,8 +73,28 @@ def test_pod_counters_follow_the_pod_and_vanish_with_it():
     assert pod_totals.busy_seconds == pytest.approx(0.5)
     assert pod_totals.memory_byte_seconds == pytest.approx(2 * GIB)
     assert pod_totals.energy_joules == pytest.approx(50.0)
+    # The pod lets go: its counters stay, frozen, so that a scrape every 15-60 s
+    # still reads the last period it was credited.
     totals = run(integrator, [(2.0, gpu)], Attribution())
     assert totals.pods == {}
+    assert totals.departed[key].allocated_seconds == pytest.approx(1.0)
+    totals = run(integrator, [(31.0, gpu)], Attribution())
+    assert totals.departed[key].allocated_seconds == pytest.approx(1.0)
+    totals = run(integrator, [(32.0, gpu)], Attribution())
+    assert totals.departed == {}
+
+
+def test_a_pod_back_within_the_grace_period_continues_its_counters():
+    integrator = UsageIntegrator(departed_grace_s=30)
+    gpu = h100(0, utilization=1.0)
+    held = Attribution(devices=assign(gpu.uuid, pod("a")))
+    run(integrator, [(0.0, gpu), (1.0, gpu)], held)
+    run(integrator, [(2.0, gpu)], Attribution())
+    totals = run(integrator, [(3.0, gpu)], held)
+    (pod_totals,) = totals.pods.values()
+    # Credited for 0-1 s and 2-3 s (the sample at 2 s did not show it), from one total.
+    assert pod_totals.allocated_seconds == pytest.approx(2.0)
+    assert totals.departed == {}
 
 
 def test_energy_counter_reset_is_not_negative_usage():

@@ -182,6 +182,7 @@ def test_probe_reports_are_attributed_by_cgroup_and_go_with_the_pod(tmp_path):
             api_client=api.api_client(),
             sys_root=None,
             probe_socket=probe_socket,
+            departed_grace_s=0.0,  # at once: this test is about the pod going
         )
         try:
             wait_synced(exporter)

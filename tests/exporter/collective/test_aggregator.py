@@ -169,17 +169,35 @@ def test_a_reconnecting_probe_continues_its_stream(agg, clock):
     assert only(agg.snapshot()).bytes == 1500  # not 2500: the stream was remembered
 
 
-def test_retain_pods_forgets_the_others(agg):
+def test_retain_pods_forgets_the_others_after_the_grace_period(agg, clock):
     agg.ingest(1, POD_A, report(all_reduce=allreduce(1, 1, 1)))
-    agg.ingest(2, POD_B, report(all_reduce=allreduce(1, 1, 1)))
+    agg.ingest(2, POD_B, report(all_reduce=allreduce(7, 1, 1)))
     # Matched on namespace, name and UID: another container of pod A keeps it.
-    agg.retain_pods({PodRef("ml", "train-a", "sidecar", "uid-a")})
+    only_a = {PodRef("ml", "train-a", "sidecar", "uid-a")}
+    agg.retain_pods(only_a)
+    # B's last report (sent as its processes exit) is still there for the next scrape.
+    assert only(agg.snapshot(), pod=POD_B).bytes == 7
+    clock.now += agg.limits.departed_grace_s - 1
+    agg.retain_pods(only_a)
+    assert only(agg.snapshot(), pod=POD_B).bytes == 7
+    clock.now += 1
+    agg.retain_pods(only_a)
     snapshot = agg.snapshot()
     assert {o.pod for o in snapshot.operations} == {POD_A}
     assert {p.pod for p in snapshot.pods} == {POD_A}
     # B's stream is gone too: B's next report counts from its full totals again.
     agg.ingest(2, POD_B, report(seq=1, uptime=11, all_reduce=allreduce(5, 1, 1)))
     assert only(agg.snapshot(), pod=POD_B).bytes == 5
+
+
+def test_a_pod_seen_again_within_the_grace_period_is_kept(agg, clock):
+    agg.ingest(2, POD_B, report(all_reduce=allreduce(7, 1, 1)))
+    agg.retain_pods(set())  # the API server missed it for a moment
+    clock.now += agg.limits.departed_grace_s - 1
+    agg.retain_pods({POD_B})
+    clock.now += 2
+    agg.retain_pods({POD_B})
+    assert only(agg.snapshot(), pod=POD_B).bytes == 7
 
 
 def test_a_reused_pid_in_another_pod_starts_a_new_stream(agg, clock):
