@@ -137,7 +137,7 @@ def _add_ingest(parser: argparse.ArgumentParser) -> None:
         "--resume", action="store_true", help="skip hours already in the ledger (after a crash)"
     )
     parser.add_argument(
-        "--chunk-hours", type=_positive, default=24, help="hours asked of Prometheus at once"
+        "--chunk-hours", type=_positive, default=72, help="hours asked of Prometheus at once"
     )
     parser.add_argument(
         "--settle-seconds",

@@ -473,7 +473,7 @@ def add_serve(parser: argparse.ArgumentParser) -> None:
         "--retry-seconds", type=int, default=300, help="retry a failed run after this long"
     )
     parser.add_argument(
-        "--chunk-hours", type=int, default=24, help="hours asked of Prometheus at once"
+        "--chunk-hours", type=int, default=72, help="hours asked of Prometheus at once"
     )
     parser.add_argument(
         "--cluster", default="gpuledger", help="cluster name in the API's properties"

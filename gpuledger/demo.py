@@ -214,22 +214,21 @@ class MonthReport:
 @dataclass
 class Accounting:
     ledger: str
-    hours: int
+    hours: int  # in the ledger, provisional ones included
     usage_rows: int
+    provisional_hours: int = 0  # written but not done: the hour the run ended in
     reports: list[MonthReport] = field(default_factory=list)
 
 
-def ingest_and_report(
-    prometheus_url: str, start: float, end: float, out: Path, *, simulated: bool
-) -> Accounting:
+def ingest_and_report(prometheus_url: str, start: float, end: float, out: Path) -> Accounting:
     """Ingest [start, end) from Prometheus into a fresh SQLite ledger in `out`, and
     write each month's chargeback report into out/report.
 
-    The ledger works in whole hours. A run of minutes lies inside the current hour,
-    so the hours are ingested up to the end of the hour in progress: Prometheus
-    evaluates that hour's increase() at its end, which holds every sample scraped so
-    far. That hour is then marked done in this ledger, so it is a fresh ledger of the
-    demo's own, never one that a later ingestion resumes.
+    The ledger works in whole hours. A run of minutes lies inside the hour in
+    progress, so that hour is written provisional, with its data up to `end`
+    (Ingestor.run_until): the reports say so, and a later ingestion of the same ledger
+    would ingest the hour again once it is over. Whether the GPUs were simulated the
+    reports learn from the ledger (the exporter's `source` label), not from here.
     """
     from accounting.chargeback import PeriodError
     from accounting.ingest import IngestError
@@ -239,7 +238,7 @@ def ingest_and_report(
     from accounting.reports import ReportError
 
     try:
-        return _ingest_and_report(prometheus_url, start, end, out, simulated=simulated)
+        return _ingest_and_report(prometheus_url, start, end, out)
     except (
         IngestError,
         LedgerError,
@@ -251,9 +250,7 @@ def ingest_and_report(
         raise AccountingFailed(str(error)) from error
 
 
-def _ingest_and_report(
-    prometheus_url: str, start: float, end: float, out: Path, *, simulated: bool
-) -> Accounting:
+def _ingest_and_report(prometheus_url: str, start: float, end: float, out: Path) -> Accounting:
     from accounting.chargeback import TeamRule
     from accounting.html_report import write_html_report
     from accounting.ingest import Ingestor, ceil_hour, floor_hour
@@ -267,9 +264,15 @@ def _ingest_and_report(
     ledger = Ledger(str(ledger_path)).create()
     price_book = load_price_book(None)
     first = floor_hour(start)
-    last = max(ceil_hour(end), first + HOUR)
-    result = Ingestor(PrometheusClient(prometheus_url), ledger, price_book).run(first, last)
-    outcome = Accounting(str(ledger_path), result.hours_written, result.usage_rows)
+    last = max(ceil_hour(end), first + HOUR)  # the months to report
+    until = min(end, time.time())
+    result = Ingestor(PrometheusClient(prometheus_url), ledger, price_book).run_until(first, until)
+    outcome = Accounting(
+        str(ledger_path),
+        result.hours_written + len(result.hours_provisional),
+        result.usage_rows,
+        provisional_hours=len(result.hours_provisional),
+    )
     months = sorted(
         {datetime.fromtimestamp(h, UTC).strftime("%Y-%m") for h in range(first, last, HOUR)}
     )
@@ -279,7 +282,7 @@ def _ingest_and_report(
     for month in months:
         report = build_report(ledger, month, price_book=price_book, teams=teams)
         paths = write_report(report, report_dir)
-        html = write_html_report(report, report_dir, simulated=simulated)
+        html = write_html_report(report, report_dir)
         focus = next(p for p in paths if p.name.endswith("-focus.csv"))
         outcome.reports.append(
             MonthReport(
@@ -447,7 +450,6 @@ def _run_stack(stack: LocalStack, args: argparse.Namespace, say: Say) -> tuple[S
                 stack.started_at or loadgen.started_at,
                 time.time(),
                 out,
-                simulated=stack.source_name == "simulated",
             )
         except AccountingFailed as error:
             say(f"accounting failed: {error}")
@@ -519,7 +521,9 @@ def format_summary(summary: Summary, keep_running: bool) -> str:
     lines.append("")
     if summary.accounting:
         acc = summary.accounting
-        lines.append(f"  ledger         {acc['ledger']} ({acc['hours']} hour(s) ingested)")
+        provisional = acc.get("provisional_hours") or 0
+        note = f", {provisional} provisional: still in progress" if provisional else ""
+        lines.append(f"  ledger         {acc['ledger']} ({acc['hours']} hour(s) ingested{note})")
         for report in acc["reports"]:
             lines.append(
                 f"  chargeback     {report['month']}: {report['total_cost']} {report['currency']}"

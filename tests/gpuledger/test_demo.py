@@ -78,6 +78,9 @@ def test_quick_demo_runs_the_whole_stack_and_leaves_nothing_behind(tmp_path: Pat
 
     accounting = summary["accounting"]
     assert accounting["hours"] >= 1
+    # The hour the run ended in is not over: written provisional, and said so.
+    assert accounting["provisional_hours"] >= 1
+    assert "provisional: still in progress" in printed
     (report,) = accounting["reports"]
     for name in (report["html"], report["focus"], *report["files"]):
         assert Path(name).stat().st_size > 0, name
