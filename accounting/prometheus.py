@@ -84,7 +84,7 @@ class PrometheusClient:
     # ---------------------------------------------------------------- queries
     def query(self, promql: str, at: float) -> list[Sample]:
         """An instant query: one point per series."""
-        data = self._call("query", {"query": promql, "time": _fmt(at)})
+        data = self.call("query", {"query": promql, "time": _fmt(at)})
         return _samples(data, promql)
 
     def query_range(self, promql: str, start: float, end: float, step: float) -> list[Sample]:
@@ -97,7 +97,7 @@ class PrometheusClient:
         piece_start = start
         while piece_start <= end:
             piece_end = min(end, piece_start + span)
-            data = self._call(
+            data = self.call(
                 "query_range",
                 {
                     "query": promql,
@@ -116,7 +116,8 @@ class PrometheusClient:
         return list(joined.values())
 
     # ---------------------------------------------------------------- transport
-    def _call(self, endpoint: str, params: dict[str, str]) -> dict[str, Any]:
+    def call(self, endpoint: str, params: dict[str, str]) -> dict[str, Any]:
+        """One API request (`query`, `query_range`, ...) with retries; its `data`."""
         url = f"{self.url}/api/v1/{endpoint}"
         attempt = 0
         while True:

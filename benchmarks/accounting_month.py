@@ -516,54 +516,15 @@ def floors(
     import pandas as pd
     import requests
 
-    from accounting.ingest import IngestQueries
+    from accounting.ingest import IngestQueries, chunk_requests
 
     start, end = _month_bounds(month)
     queries = IngestQueries()
-    # The same requests the Ingestor makes: per chunk, 8 range queries of usage and
-    # capacity and 7 instant queries of kube-state-metrics.
+    # The same requests the Ingestor makes, chunk by chunk.
     calls = []
     for chunk in range(start, end, chunk_hours * HOUR):
-        last = min(end, chunk + chunk_hours * HOUR) - HOUR
-        for name in (
-            "held",
-            "busy",
-            "memory",
-            "energy",
-            "capacity",
-            "gpus",
-            "gpu_busy",
-            "gpu_energy",
-        ):
-            calls.append(
-                (
-                    "query_range",
-                    {
-                        "query": getattr(queries, name).format(window="1h"),
-                        "start": chunk + HOUR,
-                        "end": last + HOUR,
-                        "step": HOUR,
-                    },
-                )
-            )
-        for name in (
-            "pod_owner",
-            "pod_labels",
-            "pod_requests",
-            "job_owner",
-            "replicaset_owner",
-            "namespace_labels",
-            "node_labels",
-        ):
-            calls.append(
-                (
-                    "query",
-                    {
-                        "query": getattr(queries, name).format(range=f"{last + HOUR - chunk}s"),
-                        "time": last + HOUR,
-                    },
-                )
-            )
+        hours = list(range(chunk, min(end, chunk + chunk_hours * HOUR), HOUR))
+        calls += chunk_requests(queries, hours)
     local = threading.local()
 
     def post(call: tuple[str, dict]) -> bytes:
