@@ -28,51 +28,31 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 from exporter.app import Exporter  # noqa: E402
 from exporter.attribution import Attribution, DeviceAssignment, PodRef  # noqa: E402
 from exporter.model import DeviceSnapshot, GpuReading, MigReading, ProcessReading  # noqa: E402
+from tests.exporter.devices import GIB, h100  # noqa: E402
 
-GIB = 1024**3
+# The throttle reasons each benchmark GPU reports, so that it exports their series.
+CLOCK_EVENTS = (
+    "gpu_idle",
+    "sw_power_cap",
+    "hw_slowdown",
+    "sw_thermal_slowdown",
+    "hw_thermal_slowdown",
+)
 
 
 def gpu(index: int, **fields) -> GpuReading:
-    base = dict(
-        index=index,
-        uuid=f"GPU-bench-{index:04d}",
-        model="NVIDIA H100 80GB HBM3",
-        pci_bus_id=f"00000000:{index:02x}:00.0",
-        driver_version="550.54.15",
-        utilization=0.7,
-        memory_utilization=0.3,
-        memory_total_bytes=80 * GIB,
-        memory_used_bytes=60 * GIB,
-        memory_reserved_bytes=GIB // 2,
-        power_watts=500.0,
-        power_limit_watts=700.0,
-        energy_joules=1e6,
-        temperature_celsius=65.0,
-        sm_clock_hertz=1.98e9,
-        memory_clock_hertz=2.6e9,
-        clock_events={
-            r: False
-            for r in (
-                "gpu_idle",
-                "sw_power_cap",
-                "hw_slowdown",
-                "sw_thermal_slowdown",
-                "hw_thermal_slowdown",
-            )
+    """The tests' H100 (tests/exporter/devices.py), loaded, reporting every reason above."""
+    return h100(
+        index,
+        **{
+            "uuid": f"GPU-bench-{index:04d}",
+            "utilization": 0.7,
+            "memory_used_bytes": 60 * GIB,
+            "power_watts": 500.0,
+            "clock_events": dict.fromkeys(CLOCK_EVENTS, False),
+            **fields,
         },
-        ecc_corrected_total=0,
-        ecc_uncorrected_total=0,
-        remapped_rows_correctable=0,
-        remapped_rows_uncorrectable=0,
-        row_remap_pending=False,
-        row_remap_failure=False,
-        pcie_tx_bytes_total=1,
-        pcie_rx_bytes_total=1,
-        nvlink_tx_bytes_total=1,
-        nvlink_rx_bytes_total=1,
     )
-    base.update(fields)
-    return GpuReading(**base)
 
 
 def mig_node() -> tuple[list[GpuReading], Attribution]:

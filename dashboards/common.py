@@ -14,6 +14,7 @@ from grafana_foundation_sdk.builders import bargauge, stat, statetimeline, table
 from grafana_foundation_sdk.builders import common as cb
 from grafana_foundation_sdk.builders import dashboard as db
 from grafana_foundation_sdk.builders import prometheus as prom
+from grafana_foundation_sdk.cog import builder as cog
 from grafana_foundation_sdk.models import common as cm
 from grafana_foundation_sdk.models import dashboard as dm
 from grafana_foundation_sdk.models import prometheus as pm
@@ -137,6 +138,11 @@ def target(
 
 def row(title: str) -> db.Row:
     return db.Row(title)
+
+
+def ratio_by(labels: str, numerator: str, denominator: str) -> str:
+    """`numerator` over `denominator`, each summed by `labels`."""
+    return f"sum by ({labels}) ({numerator}) / sum by ({labels}) ({denominator})"
 
 
 def timeseries_panel(
@@ -329,3 +335,25 @@ def dashboard(uid: str, title: str, description: str) -> db.Dashboard:
             .keep_time(True)
         )
     )
+
+
+def dashboard_with_variables(
+    ctx: Context, uid: str, title: str, description: str, *variables: db.QueryVariable
+) -> db.Dashboard:
+    """A dashboard with the data source and cluster variables, then `variables` in order."""
+    d = (
+        dashboard(uid, title, description)
+        .with_variable(datasource_variable())
+        .with_variable(cluster_variable(ctx))
+    )
+    for variable in variables:
+        d = d.with_variable(variable)
+    return d
+
+
+def section(d: db.Dashboard, title: str, *panels: cog.Builder[dm.Panel]) -> db.Dashboard:
+    """`d` with a row titled `title`, then `panels` in order."""
+    d = d.with_row(row(title))
+    for panel in panels:
+        d = d.with_panel(panel)
+    return d

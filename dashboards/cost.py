@@ -14,11 +14,9 @@ from grafana_foundation_sdk.builders import dashboard as db
 from dashboards.common import (
     Context,
     bargauge_panel,
-    cluster_variable,
-    dashboard,
-    datasource_variable,
+    dashboard_with_variables,
     query_variable,
-    row,
+    section,
     stat_panel,
     table_panel,
     target,
@@ -79,194 +77,168 @@ def build(ctx: Context) -> db.Dashboard:
     service = ctx.rec()
 
     d = (
-        dashboard(
+        dashboard_with_variables(
+            ctx,
             UID,
             TITLE,
             "What each team's GPUs cost this month on the allocation basis (what they held) "
             "and the usage basis (what they kept busy), what they paid for GPUs they held "
             "but left idle, and the cost per hour; from `gpuledger accounting serve`. "
             "docs/cost-model.md explains every number.",
+            team_variable(ctx),
+            cost_namespace_variable(ctx),
+            currency_variable(ctx),
         )
         .time("now-7d", "now")
         .refresh("5m")
-        .with_variable(datasource_variable())
-        .with_variable(cluster_variable(ctx))
-        .with_variable(team_variable(ctx))
-        .with_variable(cost_namespace_variable(ctx))
-        .with_variable(currency_variable(ctx))
     )
 
-    d = (
-        d.with_row(row("This month"))
-        .with_panel(
-            stat_panel(
-                "Cost this month ($currency)",
-                "Cost of the month's hours in the ledger so far, allocation basis, for the "
-                "selected teams and namespaces (all teams: the cluster's cost).",
-                f"sum({allocation})",
-                "short",
-            )
-        )
-        .with_panel(
-            stat_panel(
-                "Held but idle ($currency)",
-                "What the selected teams paid this month for GPU time their pods held but "
-                "did not use.",
-                f"sum({waste})",
-                "short",
-            )
-        )
-        .with_panel(
-            stat_panel(
-                "Idle capacity ($currency)",
-                "Cost this month of GPU capacity that no pod held (the __idle__ row).",
-                f"sum({idle_capacity})",
-                "short",
-            )
-        )
-        .with_panel(
-            stat_panel(
-                "GPU efficiency",
-                "Busy GPU-hours over held GPU-hours of the selected teams' pods this month.",
-                f"sum({work_busy}) / sum({work_held})",
-                "percentunit",
-            )
-        )
-        .with_panel(
-            stat_panel(
-                "Ledger behind by",
-                "Time since the start of the latest hour in the ledger: about 1 h when the "
-                "hourly ingestion keeps up.",
-                f"time() - max({c.ACCOUNTING_LAST_HOUR.name}{service})",
-                "s",
-            )
-        )
-        .with_panel(
-            stat_panel(
-                "Hours missing",
-                "Time of this month, up to the last complete hour, that the ledger lacks: "
-                "its cost is not in these numbers until it is ingested.",
-                f"max({c.ACCOUNTING_MONTH_MISSING.name}{service})",
-                "s",
-            )
-        )
+    d = section(
+        d,
+        "This month",
+        stat_panel(
+            "Cost this month ($currency)",
+            "Cost of the month's hours in the ledger so far, allocation basis, for the "
+            "selected teams and namespaces (all teams: the cluster's cost).",
+            f"sum({allocation})",
+            "short",
+        ),
+        stat_panel(
+            "Held but idle ($currency)",
+            "What the selected teams paid this month for GPU time their pods held but did not use.",
+            f"sum({waste})",
+            "short",
+        ),
+        stat_panel(
+            "Idle capacity ($currency)",
+            "Cost this month of GPU capacity that no pod held (the __idle__ row).",
+            f"sum({idle_capacity})",
+            "short",
+        ),
+        stat_panel(
+            "GPU efficiency",
+            "Busy GPU-hours over held GPU-hours of the selected teams' pods this month.",
+            f"sum({work_busy}) / sum({work_held})",
+            "percentunit",
+        ),
+        stat_panel(
+            "Ledger behind by",
+            "Time since the start of the latest hour in the ledger: about 1 h when the "
+            "hourly ingestion keeps up.",
+            f"time() - max({c.ACCOUNTING_LAST_HOUR.name}{service})",
+            "s",
+        ),
+        stat_panel(
+            "Hours missing",
+            "Time of this month, up to the last complete hour, that the ledger lacks: "
+            "its cost is not in these numbers until it is ingested.",
+            f"max({c.ACCOUNTING_MONTH_MISSING.name}{service})",
+            "s",
+        ),
     )
 
-    d = (
-        d.with_row(row("By team"))
-        .with_panel(
-            bargauge_panel(
-                "Cost by team this month ($currency)",
-                "Allocation basis: each team pays for the GPU time its pods held, busy or "
-                "not; __idle__ is capacity nobody held.",
-                f"sort_desc(sum by (team) ({allocation}))",
-                "{{team}}",
-                "short",
-            )
-        )
-        .with_panel(
-            bargauge_panel(
-                "GPU efficiency by team this month",
-                "Busy GPU-hours over held GPU-hours of each team's pods.",
-                f"sort_desc(sum by (team) ({work_busy}) / sum by (team) ({work_held}))",
-                "{{team}}",
-                "percentunit",
-                maximum=1,
-            )
-        )
-        .with_panel(
-            table_panel(
-                "Chargeback by team and namespace this month",
-                "Cost on both bases, the idle share of the allocation cost, and GPU-hours "
-                "held and busy, per team and namespace.",
-                [
-                    (
-                        "cost (allocation)",
-                        f"sum by (team, namespace) ({allocation})",
-                    ),
-                    ("cost (usage)", f"sum by (team, namespace) ({usage})"),
-                    ("held but idle", f"sum by (team, namespace) ({waste})"),
-                    ("GPU-hours held", f"sum by (team, namespace) ({held}) / 3600"),
-                    ("GPU-hours busy", f"sum by (team, namespace) ({busy}) / 3600"),
-                    (
-                        "efficiency",
-                        f"sum by (team, namespace) ({busy}) / sum by (team, namespace) ({held})",
-                    ),
-                ],
-                height=10,
-                units={"efficiency": "percentunit"},
-            )
-        )
+    d = section(
+        d,
+        "By team",
+        bargauge_panel(
+            "Cost by team this month ($currency)",
+            "Allocation basis: each team pays for the GPU time its pods held, busy or "
+            "not; __idle__ is capacity nobody held.",
+            f"sort_desc(sum by (team) ({allocation}))",
+            "{{team}}",
+            "short",
+        ),
+        bargauge_panel(
+            "GPU efficiency by team this month",
+            "Busy GPU-hours over held GPU-hours of each team's pods.",
+            f"sort_desc(sum by (team) ({work_busy}) / sum by (team) ({work_held}))",
+            "{{team}}",
+            "percentunit",
+            maximum=1,
+        ),
+        table_panel(
+            "Chargeback by team and namespace this month",
+            "Cost on both bases, the idle share of the allocation cost, and GPU-hours "
+            "held and busy, per team and namespace.",
+            [
+                (
+                    "cost (allocation)",
+                    f"sum by (team, namespace) ({allocation})",
+                ),
+                ("cost (usage)", f"sum by (team, namespace) ({usage})"),
+                ("held but idle", f"sum by (team, namespace) ({waste})"),
+                ("GPU-hours held", f"sum by (team, namespace) ({held}) / 3600"),
+                ("GPU-hours busy", f"sum by (team, namespace) ({busy}) / 3600"),
+                (
+                    "efficiency",
+                    f"sum by (team, namespace) ({busy}) / sum by (team, namespace) ({held})",
+                ),
+            ],
+            height=10,
+            units={"efficiency": "percentunit"},
+        ),
     )
 
-    d = (
-        d.with_row(row("Trend"))
-        .with_panel(
-            timeseries_panel(
-                "Cost per hour by team ($currency)",
-                "Allocation cost of the latest hour in the ledger, per team; it steps once "
-                "an hour as ingestion adds hours.",
-                [target(f"sum by (team) ({hourly})", "{{team}}")],
-                "short",
-                stack=True,
-            )
-        )
-        .with_panel(
-            timeseries_panel(
-                "Cost so far this month by team ($currency)",
-                "Month-to-date allocation cost per team; it starts again from 0 each month.",
-                [target(f"sum by (team) ({allocation})", "{{team}}")],
-                "short",
-            )
-        )
+    d = section(
+        d,
+        "Trend",
+        timeseries_panel(
+            "Cost per hour by team ($currency)",
+            "Allocation cost of the latest hour in the ledger, per team; it steps once "
+            "an hour as ingestion adds hours.",
+            [target(f"sum by (team) ({hourly})", "{{team}}")],
+            "short",
+            stack=True,
+        ),
+        timeseries_panel(
+            "Cost so far this month by team ($currency)",
+            "Month-to-date allocation cost per team; it starts again from 0 each month.",
+            [target(f"sum by (team) ({allocation})", "{{team}}")],
+            "short",
+        ),
     )
 
     runs = c.ACCOUNTING_INGEST_RUNS.name
-    return (
-        d.with_row(row("Accounting service"))
-        .with_panel(
-            timeseries_panel(
-                "Ingestion time by part",
-                "How long the last hourly ingestion run took: waiting on Prometheus, the "
-                "Kubernetes API and the ledger, and in gpuledger's own code.",
-                [
-                    target(
-                        f"max by (part) ({c.ACCOUNTING_INGEST_DURATION.name}{service})",
-                        "{{part}}",
-                    )
-                ],
-                "s",
-                width=8,
-            )
-        )
-        .with_panel(
-            timeseries_panel(
-                "Ingestion runs",
-                "Scheduled ingestion runs by result; an error is retried within minutes.",
-                [
-                    target(
-                        f"sum by (result) (increase({runs}{service}[$__range]))",
-                        "{{result}}",
-                    )
-                ],
-                "short",
-                width=8,
-            )
-        )
-        .with_panel(
-            timeseries_panel(
-                "API requests",
-                "Requests to the accounting API per second, by handler and status code "
-                "(401: a client without the right token).",
-                [
-                    target(
-                        f"sum by (handler, code) (rate({c.ACCOUNTING_API_REQUESTS.name}"
-                        f"{service}[$__rate_interval]))",
-                        "{{handler}} {{code}}",
-                    )
-                ],
-                "reqps",
-                width=8,
-            )
-        )
+    return section(
+        d,
+        "Accounting service",
+        timeseries_panel(
+            "Ingestion time by part",
+            "How long the last hourly ingestion run took: waiting on Prometheus, the "
+            "Kubernetes API and the ledger, and in gpuledger's own code.",
+            [
+                target(
+                    f"max by (part) ({c.ACCOUNTING_INGEST_DURATION.name}{service})",
+                    "{{part}}",
+                )
+            ],
+            "s",
+            width=8,
+        ),
+        timeseries_panel(
+            "Ingestion runs",
+            "Scheduled ingestion runs by result; an error is retried within minutes.",
+            [
+                target(
+                    f"sum by (result) (increase({runs}{service}[$__range]))",
+                    "{{result}}",
+                )
+            ],
+            "short",
+            width=8,
+        ),
+        timeseries_panel(
+            "API requests",
+            "Requests to the accounting API per second, by handler and status code "
+            "(401: a client without the right token).",
+            [
+                target(
+                    f"sum by (handler, code) (rate({c.ACCOUNTING_API_REQUESTS.name}"
+                    f"{service}[$__rate_interval]))",
+                    "{{handler}} {{code}}",
+                )
+            ],
+            "reqps",
+            width=8,
+        ),
     )

@@ -9,8 +9,6 @@ differently from what the rules expect (a throttle reason's name, an XID label).
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,9 +16,9 @@ import pytest
 
 from alerts import config as cfg
 from alerts import rules
-from tests.realservices import Prometheus, free_port, http_get, scrape_job, wait_until
+from tests import simulated_exporter
+from tests.realservices import Prometheus, free_port, scrape_job, wait_until
 
-REPO = Path(__file__).resolve().parents[2]
 SCENARIO = Path(__file__).with_name("fault-timeline.yaml")
 FAULTS_AT_S = 20
 
@@ -48,34 +46,10 @@ def _no_waiting(config: cfg.RulesConfig) -> cfg.RulesConfig:
 def test_the_faults_and_only_they_raise_their_alerts(tmp_path: Path) -> None:
     port = free_port()
     log = open(tmp_path / "exporter.log", "wb")  # noqa: SIM115 - closed below
-    exporter = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gpuledger.cli",
-            "--log-format",
-            "text",
-            "exporter",
-            "--simulated",
-            str(SCENARIO),
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--interval",
-            "0.5",
-        ],
-        cwd=REPO,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    exporter = simulated_exporter.start(SCENARIO, port, log)
     started = time.monotonic()
     try:
-
-        def serves() -> bool:
-            if exporter.poll() is not None:
-                pytest.fail("exporter exited:\n" + (tmp_path / "exporter.log").read_text())
-            return bool(http_get(f"http://127.0.0.1:{port}/metrics", timeout=2))
-
-        wait_until(serves, timeout=60, what="the exporter's /metrics")
+        simulated_exporter.wait_until_serving(exporter, port, tmp_path / "exporter.log")
         with Prometheus(
             tmp_path / "prometheus",
             scrape_configs=[scrape_job("gpuledger-exporter", [f"127.0.0.1:{port}"])],

@@ -26,7 +26,8 @@ from alerts.config import RulesConfig
 from dashboards import generate
 from dashboards.common import Context
 from exporter import catalogue as c
-from tests.realservices import Prometheus, free_port, http_get, scrape_job, wait_until
+from tests import simulated_exporter
+from tests.realservices import Prometheus, free_port, scrape_job
 
 REPO = Path(__file__).resolve().parents[2]
 SCENARIO = Path(__file__).with_name("faulty-node.yaml")
@@ -68,37 +69,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     loadgen_server = None
     try:
         processes.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "gpuledger.cli",
-                    "--log-format",
-                    "text",
-                    "exporter",
-                    "--simulated",
-                    str(SCENARIO),
-                    "--listen",
-                    f"127.0.0.1:{port}",
-                    "--interval",
-                    "0.5",
-                    "--probe-socket",
-                    str(socket_path),
-                ],
-                cwd=REPO,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+            simulated_exporter.start(SCENARIO, port, log, "--probe-socket", str(socket_path))
         )
-
-        def exporter_serves() -> bool:
-            if processes[0].poll() is not None:
-                pytest.fail(
-                    "the exporter exited:\n" + (workdir / "processes.log").read_text()[-3000:]
-                )
-            return bool(http_get(f"http://127.0.0.1:{port}/metrics", timeout=2))
-
-        wait_until(exporter_serves, timeout=60, what="the exporter's /metrics")
+        simulated_exporter.wait_until_serving(processes[0], port, workdir / "processes.log")
         for i, speed in enumerate(FEEDER_SPEEDS):
             argv = [sys.executable, "-m", "tests.dashboards.probe_feeder", str(socket_path)]
             argv += [str(speed)] + (["--malformed-first"] if i == 0 else [])
