@@ -21,6 +21,7 @@ from accounting.chargeback import PeriodError, TeamRule
 from accounting.ingest import (
     IngestError,
     Ingestor,
+    IngestQueries,
     IngestResult,
     iso,
     parse_time,
@@ -101,11 +102,23 @@ def add_prometheus_options(parser: argparse.ArgumentParser) -> None:
         default=3,
         help="retries of a failed query (connection errors, 429, 5xx), with backoff",
     )
+    parser.add_argument(
+        "--queries",
+        choices=("raw", "recorded"),
+        default="raw",
+        help="raw: the exporter's per-device counters (any Prometheus); recorded: gpuledger's "
+        "accounting recording rules (group gpuledger.accounting.rules), one series per pod, "
+        "several times cheaper for Prometheus; they must have run over the whole range",
+    )
 
 
 def team_rule(args: argparse.Namespace) -> TeamRule:
     labels = tuple(args.team_label) if args.team_label else TeamRule().labels
     return TeamRule(labels=labels, fallback=args.team_fallback)
+
+
+def ingest_queries(args: argparse.Namespace) -> IngestQueries:
+    return IngestQueries.recorded() if args.queries == "recorded" else IngestQueries()
 
 
 def open_ledger(args: argparse.Namespace) -> Ledger:
@@ -188,6 +201,7 @@ def run_ingest(args: argparse.Namespace) -> int:
         ledger,
         price_book,
         resolver=resolver,
+        queries=ingest_queries(args),
         chunk_hours=args.chunk_hours,
         progress=ProgressPrinter("ingest"),
         allow_gaps=args.allow_gaps,

@@ -120,6 +120,35 @@ class IngestQueries:
     namespace_labels: str = "last_over_time(kube_namespace_labels[{range}])"
     node_labels: str = f"last_over_time(kube_node_labels[{{range}}]) and on (node) {_GPU_NODES}"
 
+    @classmethod
+    def recorded(cls) -> IngestQueries:
+        """The same questions asked of gpuledger's accounting recording rules
+        (alerts/rules, group gpuledger.accounting.rules): one summed series per pod
+        instead of one per device, and the GPU count already grouped by uuid, so
+        Prometheus evaluates several times fewer series. The rules must have run over
+        the whole range ingested, evaluated at the exporter's scrape interval (their
+        group's `interval`). The ledger is then the raw queries' (increase() of a sum of
+        counters that reset together is the sum of their increases) but for each pod's
+        first hour, which lacks the rule's evaluation lag after the pod's first scrape:
+        less than one scrape interval of its usage (tests/accounting/
+        test_recorded_queries.py measures it)."""
+        from alerts.config import RulesConfig
+        from alerts.rules import RecordingNames
+
+        names = RecordingNames(RulesConfig())
+        pods = names.pod_counter_sums
+        held = pods[catalogue.POD_GPU_ALLOCATED_SECONDS.name]
+        return cls(
+            held=_pod_sum(held),
+            busy=_pod_sum(pods[catalogue.POD_GPU_BUSY_SECONDS.name]),
+            memory=_pod_sum(pods[catalogue.POD_GPU_MEMORY_BYTE_SECONDS.name]),
+            energy=_pod_sum(pods[catalogue.POD_GPU_ENERGY.name]),
+            gpus=(
+                f"sum by (node, model, source) (max_over_time({names.node_model_gpus}[{{window}}]))"
+            ),
+            gpu_pods=f"group by (namespace, pod) (last_over_time({held}[{{range}}]))",
+        )
+
 
 _USAGE_QUERIES = ("held", "busy", "memory", "energy")
 _CAPACITY_QUERIES = ("capacity", "gpus", "gpu_busy", "gpu_energy")
@@ -443,6 +472,18 @@ class Ingestor:
                     "Nothing was written for this chunk; ingest it again when the data is "
                     "back, or pass --allow-gaps to record those hours as empty"
                 )
+        uncounted = capacity[capacity["gpus"] <= 0]
+        if not uncounted.empty:
+            hour = int(uncounted["hour"].min())
+            nodes = sorted(uncounted.loc[uncounted["hour"] == hour, "node"].tolist())
+            raise PartialDataError(
+                f"partial data for the hour {iso(hour)}: the GPUs of {', '.join(nodes[:5])}"
+                f"{' ...' if len(nodes) > 5 else ''} reported, but the GPU count query "
+                "answered nothing for them. With --queries recorded: the accounting "
+                "recording rules (gpuledger.accounting.rules) were not running then; "
+                "ingest the hours before they were installed with --queries raw. Nothing "
+                "was written for this chunk"
+            )
         used = usage[["hour", "node"]].drop_duplicates()
         held = capacity[["hour", "node"]].drop_duplicates()
         lacking = used.merge(held, how="left", indicator=True)

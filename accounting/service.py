@@ -518,7 +518,14 @@ def run_serve(args: argparse.Namespace) -> int:
 
             api = api_client_from_config(args.kubeconfig)
             resolver = OwnerResolver(api) if api is not None else None
-        return Ingestor(client, ledger, price_book, resolver=resolver, chunk_hours=args.chunk_hours)
+        return Ingestor(
+            client,
+            ledger,
+            price_book,
+            resolver=resolver,
+            queries=cli.ingest_queries(args),
+            chunk_hours=args.chunk_hours,
+        )
 
     service = AccountingService(
         ledger, price_book, teams=cli.team_rule(args), idle=args.idle, cluster=args.cluster

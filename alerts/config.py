@@ -120,6 +120,11 @@ class RulesConfig:
     # Window of the rate5m recording rules: at least 4 scrapes at the usual 60 s
     # interval (kubernetes-mixin uses 5m for the same reason).
     rate_window: str = "5m"
+    # How often Prometheus scrapes the exporter (deploy/'s ServiceMonitor: 15s). The
+    # accounting rules are evaluated at this interval: a sum of counters evaluated more
+    # often than its parts are scraped becomes a staircase, and increase() over an hour
+    # of a staircase misses up to one evaluation interval at the hour's edge.
+    exporter_scrape_interval: str = "15s"
 
     # ---------------------------------------------------------------- held but idle
     # A pod's busy share of a GPU it holds, below which the GPU counts as idle. Training
@@ -224,7 +229,8 @@ def validate(config: RulesConfig) -> None:
     """Raise ConfigError naming the setting and what it must be."""
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
-        if f.name.endswith(("_for", "_window", "_offset")) and not DURATION_RE.match(str(value)):
+        durations = ("_for", "_window", "_offset", "_interval")
+        if f.name.endswith(durations) and not DURATION_RE.match(str(value)):
             raise ConfigError(
                 f"{f.name}: {value!r} is not a Prometheus duration (for example 5m, 1h30m)"
             )

@@ -87,6 +87,18 @@ class RecordingNames:
                 c.POD_GPU_ENERGY.name,
             )
         }
+        # Accounting reads these instead of the per-device counters (see
+        # accounting.ingest.IngestQueries.recorded): one series per pod, not per GPU.
+        self.pod_counter_sums = {
+            metric: f"namespace_pod:{metric}:sum"
+            for metric in (
+                c.POD_GPU_ALLOCATED_SECONDS.name,
+                c.POD_GPU_BUSY_SECONDS.name,
+                c.POD_GPU_MEMORY_BYTE_SECONDS.name,
+                c.POD_GPU_ENERGY.name,
+            )
+        }
+        self.node_model_gpus = "node_model_source:gpuledger_gpu_count:sum"
         self.namespace_hourly = {
             metric: name.replace("namespace_pod:", "namespace:", 1)
             for metric, name in self.pod_hourly.items()
@@ -168,6 +180,24 @@ def recording_groups(config: RulesConfig) -> list[dict[str, Any]]:
         record(n.namespace_hourly[metric], f"sum by ({cl}, namespace) ({name})")
         for metric, name in n.pod_hourly.items()
     ]
+    # A pod's counters summed over its devices. A sum of counters is a counter only
+    # when its parts reset together; a pod's parts do: they come from one exporter
+    # (a pod runs on one node), restart with it, and the exporter keeps a pod's series
+    # until all of them have gone (exporter.integrator). So increase() of the sum is
+    # the sum of the increases, on one series per pod instead of one per device.
+    pod_key = f"{cl}, namespace, pod, node, model, sharing"
+    accounting = [
+        record(name, f"sum by ({pod_key}) ({metric}{sel})")
+        for metric, name in n.pod_counter_sums.items()
+    ] + [
+        # GPUs that report, by node, model and device source (one per uuid, even
+        # while a restarted exporter's old and new series overlap).
+        record(
+            n.node_model_gpus,
+            f"count by ({cl}, node, model, source) "
+            f"(group by ({cl}, node, model, uuid, source) ({c.GPU_SAMPLED_SECONDS.name}{sel}))",
+        ),
+    ]
     workload = (
         f'"{config.workload_label}", "$1", "pod", "{_escape(config.workload_from_pod_regex)}"'
     )
@@ -198,6 +228,12 @@ def recording_groups(config: RulesConfig) -> list[dict[str, Any]]:
         # Evaluated every 5 minutes: an hour's increase moves little between evaluations.
         {"name": "gpuledger.hourly.rules", "interval": "5m", "rules": hourly},
         {"name": "gpuledger.collectives.rules", "rules": collectives},
+        # At the exporter's scrape interval: one evaluation per scrape (see the config).
+        {
+            "name": "gpuledger.accounting.rules",
+            "interval": config.exporter_scrape_interval,
+            "rules": accounting,
+        },
     ]
 
 

@@ -5,7 +5,10 @@
    5 days long with gaps between them, on whole hours; ~50,000 pods in all.
 2. Write it as the exporter's counters (per GPU: sampled, busy, energy; per pod and GPU:
    allocated, busy, memory, energy) and kube-state-metrics series (pod owner, labels,
-   GPU requests; job owners; namespace and node labels), with HOURLY samples (--step):
+   GPU requests; job owners; namespace and node labels), and the series of the
+   accounting recording rules (alerts/rules, gpuledger.accounting.rules: each pod's
+   counters summed over its GPUs, GPUs per node) as Prometheus would record them at the
+   same instants, with HOURLY samples (--step):
    increase() over each hour is then exact, and the text stays in the gigabytes, not
    hundreds. A real 30 s scrape stores 120x more samples per hour, which makes
    Prometheus slower than here; the table says so.
@@ -13,8 +16,8 @@
    block (promtool re-reads a file once per block it makes), while the next file is
    written; start Prometheus on the blocks (blocks kept at 54 h: no compaction runs
    during the measurement).
-4. In a fresh process: ingest the month with gpuledger's Ingestor (--chunk-hours,
-   --concurrency) into an SQLite ledger, then build and write the month's report (CSV,
+4. In a fresh process: ingest the month with gpuledger's Ingestor (--queries recorded
+   or raw, --chunk-hours, --concurrency) into an SQLite ledger, then build and write the month's report (CSV,
    Parquet, FOCUS, HTML). Time waiting on Prometheus, in the ledger and in gpuledger's
    own code is printed apart, with the CPU seconds of gpuledger and of Prometheus (both
    share the machine's cores) and the peak RSS of the process.
@@ -53,6 +56,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from alerts.config import RulesConfig  # noqa: E402
+from alerts.rules import RecordingNames  # noqa: E402
 from exporter import catalogue as c  # noqa: E402
 
 HOUR = 3600
@@ -267,7 +272,39 @@ def write_window(month: Month, counters: dict[str, np.ndarray], lo: int, hi: int
                     "".join(f"{metric}{labels}{(t - start) * per_second:.1f} {t}\n" for t in ts)
                 )
                 samples += len(ts)
+    samples += _write_recorded(month, alive, lives, rates, stamps, out)
     samples += _write_ksm(month, alive, lives, lo, hi, stamps, out)
+    return samples
+
+
+def _write_recorded(month: Month, alive, lives, rates, stamps: list[int], out) -> int:
+    """The series of gpuledger's accounting recording rules (gpuledger.accounting.rules),
+    as they would have been recorded at the same instants as the counters: each pod's
+    counters summed over its GPUs, and the GPUs per node, model and source."""
+    names = RecordingNames(RulesConfig())
+    samples = 0
+    for metric, rate in rates:
+        name = names.pod_counter_sums[metric]
+        out.write(f"# TYPE {name} gauge\n")
+        for i in alive.tolist():
+            ts = lives[i]
+            if not ts:
+                continue
+            node = month.nodes[month.pod_node[i]]
+            start, per_second = int(month.pod_start[i]), rate(i) * int(month.pod_width[i])
+            labels = (
+                f'{{namespace="{namespace_name(int(month.pod_namespace[i]))}",'
+                f'pod="{pod_name(i)}",node="{node}",model="{month.models[month.pod_node[i]]}",'
+                'sharing="exclusive"} '
+            )
+            out.write("".join(f"{name}{labels}{(t - start) * per_second:.1f} {t}\n" for t in ts))
+            samples += len(ts)
+    name = names.node_model_gpus
+    out.write(f"# TYPE {name} gauge\n")
+    for n, node in enumerate(month.nodes):
+        labels = f'{{node="{node}",model="{month.models[n]}",source="simulated"}} '
+        out.write("".join(f"{name}{labels}{month.gpus} {t}\n" for t in stamps))
+        samples += len(stamps)
     return samples
 
 
@@ -412,6 +449,7 @@ def measure(
     *,
     chunk_hours: int,
     concurrency: int,
+    queries: str,
     prometheus_pid: int | None,
 ) -> dict[str, float]:
     """Ingest and report the month in this (fresh) process; return the timings."""
@@ -436,6 +474,7 @@ def measure(
         client,
         ledger,
         price_book,
+        queries=_queries(queries),
         chunk_hours=chunk_hours,
         concurrency=concurrency,
         progress=progress,
@@ -505,8 +544,20 @@ def measure(
     return result
 
 
+def _queries(kind: str):
+    from accounting.ingest import IngestQueries
+
+    return IngestQueries.recorded() if kind == "recorded" else IngestQueries()
+
+
 def floors(
-    prometheus: str, ledger_path: str, month: str, *, chunk_hours: int, concurrency: int
+    prometheus: str,
+    ledger_path: str,
+    month: str,
+    *,
+    chunk_hours: int,
+    concurrency: int,
+    queries: str,
 ) -> dict[str, float]:
     """The bare cost of the same work without gpuledger's code around it."""
     import json as stdlib_json
@@ -516,15 +567,14 @@ def floors(
     import pandas as pd
     import requests
 
-    from accounting.ingest import IngestQueries, chunk_requests
+    from accounting.ingest import chunk_requests
 
     start, end = _month_bounds(month)
-    queries = IngestQueries()
     # The same requests the Ingestor makes, chunk by chunk.
     calls = []
     for chunk in range(start, end, chunk_hours * HOUR):
         hours = list(range(chunk, min(end, chunk + chunk_hours * HOUR), HOUR))
-        calls += chunk_requests(queries, hours)
+        calls += chunk_requests(_queries(queries), hours)
     local = threading.local()
 
     def post(call: tuple[str, dict]) -> bytes:
@@ -634,11 +684,22 @@ def main() -> int:
         "--concurrency", type=int, default=2, help="the Ingestor's concurrency (0: no threads)"
     )
     parser.add_argument(
+        "--queries",
+        choices=("raw", "recorded"),
+        default="recorded",
+        help="the Ingestor's queries: the per-device counters, or the accounting recording "
+        "rules' series (written into the data beside the counters)",
+    )
+    parser.add_argument(
         "--measure", nargs=4, metavar=("PROMETHEUS", "PID", "LEDGER", "OUT"), help=argparse.SUPPRESS
     )
     args = parser.parse_args()
     month, start, end = month_of(args.month)
-    options = {"chunk_hours": args.chunk_hours, "concurrency": args.concurrency}
+    options = {
+        "chunk_hours": args.chunk_hours,
+        "concurrency": args.concurrency,
+        "queries": args.queries,
+    }
     if args.measure:
         prometheus, pid, ledger_path, out = args.measure
         result = measure(prometheus, ledger_path, month, out, prometheus_pid=int(pid), **options)
@@ -683,6 +744,8 @@ def main() -> int:
                     str(args.chunk_hours),
                     "--concurrency",
                     str(args.concurrency),
+                    "--queries",
+                    args.queries,
                     "--measure",
                     server.url,
                     str(server.process.pid),
@@ -720,7 +783,7 @@ def print_table(
     capacity = len(month.nodes) * month.gpus * (month.end - month.start) / HOUR
     report_s = r["report_build_s"] + r["report_files_s"] + r["report_html_s"]
     ingest_report = r["ingest_s"] + report_s
-    chunk, concurrency = options["chunk_hours"], options["concurrency"]
+    chunk, concurrency, queries = options["chunk_hours"], options["concurrency"], options["queries"]
     lines = [
         f"accounting benchmark, {name}: {len(month.nodes)} nodes x {month.gpus} GPUs, "
         f"{month.pods} pods (mean {np.mean((month.pod_end - month.pod_start) / HOUR):.1f} h, "
@@ -735,7 +798,7 @@ def print_table(
             f"| backfill (promtool, overlapped) | {built['backfill_wait_s']:.1f} | waited after writing; total data setup {built['total_s']:.1f} s |",
         ]
     lines += [
-        f"| **ingest** (Ingestor, {chunk} h chunks, {concurrency} at once) | **{r['ingest_s']:.1f}** | {r['hours']:.0f} hours, {r['usage_rows']:,.0f} usage rows |",
+        f"| **ingest** (Ingestor, {queries} queries, {chunk} h chunks, {concurrency} at once) | **{r['ingest_s']:.1f}** | {r['hours']:.0f} hours, {r['usage_rows']:,.0f} usage rows |",
         f"|   waiting on Prometheus | {r['ingest_prometheus_s']:.1f} | the time ingestion waited for answers (with threads: not overlapped by its own work) |",
         f"|   Prometheus requests | {r['ingest_requests_s']:.1f} | {r['ingest_requests']:.0f} requests, {r['ingest_mb_received']:.0f} MB; summed over threads, overlapped |",
         f"|   in the ledger (SQLite) | {r['ingest_ledger_s']:.1f} | |",

@@ -99,10 +99,18 @@ class UsageIntegrator:
             if key not in alive:
                 departed[key] = totals
                 self._departed_at[key] = now
-        # After the grace period the series goes; a pod that comes back later starts
-        # from zero, which Prometheus reads as a counter reset.
-        for key, since in list(self._departed_at.items()):
-            if now - since >= self.departed_grace_s:
+        # After the grace period the series goes, but not while the same pod still has
+        # series on other devices: a pod's counters go together, so that their sum (the
+        # accounting recording rules) only ever drops when all of them restart. A pod
+        # that comes back later starts from zero: Prometheus reads a counter reset.
+        last_left: dict[tuple[str, str], float] = {}
+        for key, since in self._departed_at.items():
+            pod = (key.namespace, key.pod)
+            last_left[pod] = max(since, last_left.get(pod, since))
+        live_pods = {(key.namespace, key.pod) for key in alive}
+        for key in list(self._departed_at):
+            pod = (key.namespace, key.pod)
+            if pod not in live_pods and now - last_left[pod] >= self.departed_grace_s:
                 del self._departed_at[key]
                 departed.pop(key, None)
         self.totals.pods = alive

@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from accounting.ingest import IngestError, Ingestor, plan_range
+from accounting.ingest import IngestError, Ingestor, IngestQueries, plan_range
 from accounting.kube import OwnerResolver
 from accounting.ledger import HOUR, Ledger
 from accounting.pricebook import PriceBook, UnknownGpuModel, load_price_book, parse_price_book
@@ -140,6 +140,19 @@ def test_an_hour_missing_between_hours_with_data_is_partial_data(tmp_path):
         client = PrometheusClient(prom.url)
         Ingestor(client, ledger, load_price_book(), allow_gaps=True).run(history.start, history.end)
     assert ledger.hours_frame(history.start, history.end)["gpus"].tolist() == [2, 2, 2, 0, 2, 2]
+
+
+def test_recorded_queries_without_the_recording_rules_are_partial_data(
+    prometheus, history, tmp_path
+):
+    # This Prometheus has the exporter's counters but never ran the accounting rules
+    # (installed later, say): the recorded queries must not read that as no usage.
+    ledger = Ledger(str(tmp_path / "l.sqlite")).create()
+    client = PrometheusClient(prometheus.url, retries=0)
+    ingestor = Ingestor(client, ledger, load_price_book(), queries=IngestQueries.recorded())
+    with pytest.raises(PartialDataError, match="recording rules .* --queries raw"):
+        ingestor.run(history.start, history.end)
+    assert ledger.done_hours(history.start, history.end) == set()
 
 
 def test_victoriametrics_gives_the_same_ledger(history, tmp_path):

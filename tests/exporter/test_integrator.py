@@ -84,6 +84,27 @@ def test_pod_counters_follow_the_pod_and_outlive_it_by_the_grace_period():
     assert totals.departed == {}
 
 
+def test_a_pod_keeps_a_departed_device_series_while_it_holds_another():
+    # A pod's counters go together: the sum over its devices stays a counter.
+    integrator = UsageIntegrator(departed_grace_s=30)
+    gpu0, gpu1 = h100(0, utilization=1.0), h100(1, utilization=1.0)
+    both = Attribution(devices=assign(gpu0.uuid, pod("a")) | assign(gpu1.uuid, pod("a")))
+    only_gpu0 = Attribution(devices=assign(gpu0.uuid, pod("a")))
+
+    def step(t, attribution):
+        s = DeviceSnapshot(timestamp=t, monotonic=t, source="nvml", gpus=(gpu0, gpu1))
+        return integrator.update(s, split_by_pod(s.gpus, attribution))
+
+    step(0.0, both)
+    step(1.0, both)
+    totals = step(100.0, only_gpu0)  # GPU 1 went long ago, the pod is still on GPU 0
+    assert [k.uuid for k in totals.departed] == [gpu1.uuid]
+    totals = step(200.0, Attribution())  # now the pod is gone: its series go together
+    assert {k.uuid for k in totals.departed} == {gpu0.uuid, gpu1.uuid}
+    totals = step(240.0, Attribution())
+    assert totals.departed == {}
+
+
 def test_a_pod_back_within_the_grace_period_continues_its_counters():
     integrator = UsageIntegrator(departed_grace_s=30)
     gpu = h100(0, utilization=1.0)
