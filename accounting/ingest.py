@@ -37,7 +37,6 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -58,8 +57,8 @@ from accounting.prometheus import (
     ClientStats,
     PartialDataError,
     PrometheusClient,
-    PrometheusQueryError,
     Sample,
+    SeriesColumns,
 )
 from exporter import catalogue
 
@@ -683,11 +682,11 @@ def _answer(
         params = _range_params(template, hours)
         # Columns straight from the JSON: no Python object per point.
         # (chunk_hours < MAX_POINTS_PER_SERIES: one request is enough.)
-        answer = _columns(client.call("query_range", params), params["query"])
+        answer = _columns(client.call_series("query_range", params))
         answer.hours = np.rint(answer.hours).astype(np.int64) - HOUR
         return answer
     promql = template.format(window=f"{through - hours[0]}s")
-    answer = _columns(client.call("query", {"query": promql, "time": str(through)}), promql)
+    answer = _columns(client.call_series("query", {"query": promql, "time": str(through)}))
     answer.hours = np.full(len(answer.values), hours[0], dtype=np.int64)
     return answer
 
@@ -702,24 +701,13 @@ def _range_params(template: str, hours: list[int]) -> dict[str, str]:
     }
 
 
-def _columns(data: Mapping[str, Any], promql: str) -> _Answer:
-    """A matrix or vector answer as arrays; hours still hold the points' times."""
-    kind = data.get("resultType")
-    result = data.get("result") or []
-    if kind == "matrix":
-        points = [r["values"] for r in result]
-    elif kind == "vector":
-        points = [[r["value"]] for r in result]
-    else:
-        raise PrometheusQueryError(f"unexpected result type {kind!r} for {promql!r}")
-    counts = np.fromiter(map(len, points), dtype=np.int64, count=len(points))
-    flat = [point for series in points for point in series]
+def _columns(columns: SeriesColumns) -> _Answer:
+    """An answer's columns; hours still hold the points' times."""
     return _Answer(
-        labels=[r["metric"] for r in result],
-        series=np.repeat(np.arange(len(points), dtype=np.int64), counts),
-        hours=np.fromiter((p[0] for p in flat), dtype=np.float64, count=len(flat)),
-        # Prometheus sends values as strings ("1.5", "NaN", "+Inf"): numpy parses them.
-        values=np.array([p[1] for p in flat], dtype=np.float64),
+        labels=columns.labels,
+        series=np.repeat(np.arange(len(columns.labels), dtype=np.int64), columns.counts),
+        hours=columns.times,
+        values=columns.values,
     )
 
 

@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+import numpy as np
 import requests
 
 MAX_POINTS_PER_SERIES = 11_000
@@ -115,9 +117,66 @@ class PrometheusClient:
             piece_start = piece_end + step
         return list(joined.values())
 
-    # ---------------------------------------------------------------- transport
+    # ---------------------------------------------------------------- requests
     def call(self, endpoint: str, params: dict[str, str]) -> dict[str, Any]:
         """One API request (`query`, `query_range`, ...) with retries; its `data`."""
+        response = self._post(endpoint, params)
+        try:
+            payload = response.json()
+        except ValueError:
+            raise self._not_json(endpoint, response) from None
+        self._check(
+            params,
+            payload.get("status"),
+            f"{payload.get('errorType', '')}: {payload.get('error', payload)}",
+            list(payload.get("warnings") or []),
+            bool(payload.get("isPartial")),
+        )
+        return payload["data"]
+
+    def call_series(self, endpoint: str, params: dict[str, str]) -> SeriesColumns:
+        """A `query` or `query_range` request whose answer is a vector or matrix, as
+        columns. Decoded straight into arrays (msgspec, typed): no Python dict or list
+        per point, several times less CPU than `call` on answers of millions of points."""
+        response = self._post(endpoint, params)
+        try:
+            payload = _SERIES_DECODER.decode(response.content)
+        except msgspec.ValidationError as error:
+            raise PrometheusQueryError(
+                f"{self.url} answered {params['query']!r} with an unexpected shape ({error}); "
+                "an instant or range vector was expected"
+            ) from None
+        except msgspec.DecodeError:
+            raise self._not_json(endpoint, response) from None
+        self._check(
+            params,
+            payload.status,
+            f"{payload.errorType}: {payload.error}",
+            list(payload.warnings),
+            payload.isPartial,
+        )
+        data = payload.data
+        if data is None or data.resultType not in ("matrix", "vector"):
+            kind = None if data is None else data.resultType
+            raise PrometheusQueryError(f"unexpected result type {kind!r} for {params['query']!r}")
+        result = data.result
+        if data.resultType == "vector":
+            points = [[r.value] if r.value is not None else [] for r in result]
+        else:
+            points = [r.values for r in result]
+        counts = np.fromiter(map(len, points), dtype=np.int64, count=len(points))
+        flat = [point for series in points for point in series]
+        return SeriesColumns(
+            labels=[r.metric for r in result],
+            counts=counts,
+            times=np.fromiter((p[0] for p in flat), dtype=np.float64, count=len(flat)),
+            # Values come as strings ("1.5", "NaN", "+Inf"): numpy parses them.
+            values=np.array([p[1] for p in flat], dtype=np.float64),
+        )
+
+    # ---------------------------------------------------------------- transport
+    def _post(self, endpoint: str, params: dict[str, str]) -> requests.Response:
+        """POST with retries on connection errors, timeouts, 429 and 5xx."""
         url = f"{self.url}/api/v1/{endpoint}"
         attempt = 0
         while True:
@@ -147,20 +206,27 @@ class PrometheusClient:
             time.sleep(self.backoff * 2 ** (attempt - 1))
         assert response is not None
         self.stats.bytes_received += len(response.content)
-        try:
-            payload = response.json()
-        except ValueError:
+        return response
+
+    def _not_json(self, endpoint: str, response: requests.Response) -> PrometheusQueryError:
+        return PrometheusQueryError(
+            f"{self.url}/api/v1/{endpoint} answered HTTP {response.status_code} with no JSON: "
+            f"is {self.url} a Prometheus-compatible API? Body: {response.text[:200]!r}"
+        )
+
+    def _check(
+        self,
+        params: dict[str, str],
+        status: str | None,
+        error: str,
+        warnings: list[Any],
+        partial: bool,
+    ) -> None:
+        if status != "success":
             raise PrometheusQueryError(
-                f"{url} answered HTTP {response.status_code} with no JSON: is {self.url} a "
-                f"Prometheus-compatible API? Body: {response.text[:200]!r}"
-            ) from None
-        if payload.get("status") != "success":
-            raise PrometheusQueryError(
-                f"Prometheus at {self.url} rejected the query {params['query']!r}: "
-                f"{payload.get('errorType', '')}: {payload.get('error', payload)}"
+                f"Prometheus at {self.url} rejected the query {params['query']!r}: {error}"
             )
-        warnings = list(payload.get("warnings") or [])
-        if payload.get("isPartial"):
+        if partial:
             warnings.append("the answer is partial (isPartial: true)")
         if warnings and not self.allow_partial:
             raise PartialDataError(
@@ -168,7 +234,40 @@ class PrometheusClient:
                 f"{'; '.join(map(str, warnings))}. Retry when every store answers; nothing "
                 "was written for this range"
             )
-        return payload["data"]
+
+
+@dataclass
+class SeriesColumns:
+    """A vector or matrix answer as columns."""
+
+    labels: list[dict[str, str]]  # per series
+    counts: np.ndarray  # per series: its number of points
+    times: np.ndarray  # per point, series after series
+    values: np.ndarray  # per point
+
+
+# The shape of a vector or matrix answer, for msgspec's typed decoder.
+class _Series(msgspec.Struct):
+    metric: dict[str, str] = {}
+    values: list[tuple[float, str]] = []
+    value: tuple[float, str] | None = None
+
+
+class _Data(msgspec.Struct):
+    resultType: str = ""  # noqa: N815 (the API's names)
+    result: list[_Series] = []
+
+
+class _Payload(msgspec.Struct):
+    status: str = ""
+    data: _Data | None = None
+    errorType: str = ""  # noqa: N815
+    error: str = ""
+    warnings: list[str] = []
+    isPartial: bool = False  # noqa: N815 (VictoriaMetrics)
+
+
+_SERIES_DECODER = msgspec.json.Decoder(_Payload)
 
 
 def _reason(error: Exception) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -93,6 +94,58 @@ def test_rejected_queries_and_non_prometheus_answers_say_so():
         pytest.raises(PrometheusQueryError, match="Prometheus-compatible API"),
     ):
         PrometheusClient(url).query("up", 0)
+
+
+def test_series_columns_decode_values_and_fail_like_the_plain_call():
+    matrix = {
+        "status": "success",
+        "data": {
+            "resultType": "matrix",
+            "result": [
+                {"metric": {"pod": "a"}, "values": [[3600, "1.5"], [7200, "NaN"]]},
+                {"metric": {"pod": "b"}, "values": [[3600, "+Inf"]]},
+            ],
+        },
+        "stats": {"ignored": True},  # fields the client does not know are skipped
+    }
+    with frontend((200, matrix)) as (url, _):
+        got = PrometheusClient(url).call_series("query_range", {"query": "x"})
+    assert got.labels == [{"pod": "a"}, {"pod": "b"}]
+    assert got.counts.tolist() == [2, 1] and got.times.tolist() == [3600, 7200, 3600]
+    assert got.values[0] == 1.5 and math.isnan(got.values[1]) and math.isinf(got.values[2])
+    vector = {
+        "status": "success",
+        "data": {"resultType": "vector", "result": [{"metric": {}, "value": [10, "2"]}]},
+    }
+    with frontend((200, vector)) as (url, _):
+        got = PrometheusClient(url).call_series("query", {"query": "x"})
+    assert got.counts.tolist() == [1] and got.values.tolist() == [2.0]
+
+    # The same errors as every other request: partial data, rejection, not JSON, and
+    # an answer that is not a vector or matrix.
+    cases = [
+        ((200, {**OK, "warnings": ["store did not answer"]}), PartialDataError, "store did"),
+        ((200, {**OK, "isPartial": True}), PartialDataError, "isPartial"),
+        (
+            (400, {"status": "error", "errorType": "bad_data", "error": "parse error"}),
+            PrometheusQueryError,
+            "rejected the query 'x': bad_data: parse error",
+        ),
+        ((200, "<html>login</html>"), PrometheusQueryError, "Prometheus-compatible API"),
+        (
+            (200, {"status": "success", "data": {"resultType": "scalar", "result": [1, "2"]}}),
+            PrometheusQueryError,
+            "unexpected shape",
+        ),
+        (
+            (200, {"status": "success", "data": {"resultType": "string", "result": []}}),
+            PrometheusQueryError,
+            "unexpected result type 'string'",
+        ),
+    ]
+    for response, error, message in cases:
+        with frontend(response) as (url, _), pytest.raises(error, match=message):
+            PrometheusClient(url).call_series("query", {"query": "x"})
 
 
 def test_an_unreachable_server_names_the_url_and_the_option():
