@@ -473,11 +473,10 @@ class Ingestor:
                 )
         uncounted = capacity[capacity["gpus"] <= 0]
         if not uncounted.empty:
-            hour = int(uncounted["hour"].min())
-            nodes = sorted(uncounted.loc[uncounted["hour"] == hour, "node"].tolist())
+            hour, nodes = _first_hour_nodes(uncounted)
             raise PartialDataError(
-                f"partial data for the hour {iso(hour)}: the GPUs of {', '.join(nodes[:5])}"
-                f"{' ...' if len(nodes) > 5 else ''} reported, but the GPU count query "
+                f"partial data for the hour {iso(hour)}: the GPUs of {nodes} "
+                "reported, but the GPU count query "
                 "answered nothing for them. With --queries recorded: the accounting "
                 "recording rules (gpuledger.accounting.rules) were not running then; "
                 "ingest the hours before they were installed with --queries raw. Nothing "
@@ -488,11 +487,9 @@ class Ingestor:
         lacking = used.merge(held, how="left", indicator=True)
         lacking = lacking[lacking["_merge"] == "left_only"]
         if not lacking.empty:
-            hour = int(lacking["hour"].min())
-            missing = sorted(lacking.loc[lacking["hour"] == hour, "node"].tolist())
+            hour, nodes = _first_hour_nodes(lacking)
             raise PartialDataError(
-                f"partial data for the hour {iso(hour)}: pods used GPUs on "
-                f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} but "
+                f"partial data for the hour {iso(hour)}: pods used GPUs on {nodes} but "
                 f"{catalogue.GPU_SAMPLED_SECONDS.name} has no capacity there. A store or "
                 "shard did not answer, or the exporter's GPU series are missing; nothing "
                 "was written for this chunk"
@@ -689,6 +686,13 @@ def _answer(
     answer = _columns(client.call_series("query", {"query": promql, "time": str(through)}))
     answer.hours = np.full(len(answer.values), hours[0], dtype=np.int64)
     return answer
+
+
+def _first_hour_nodes(rows: pd.DataFrame) -> tuple[int, str]:
+    """The earliest hour of these (hour, node) rows, and its nodes for a message."""
+    hour = int(rows["hour"].min())
+    nodes = sorted(rows.loc[rows["hour"] == hour, "node"].tolist())
+    return hour, ", ".join(nodes[:5]) + (" ..." if len(nodes) > 5 else "")
 
 
 def _range_params(template: str, hours: list[int]) -> dict[str, str]:

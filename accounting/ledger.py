@@ -83,26 +83,25 @@ capacity = sa.Table(
     sqlite_with_rowid=False,
 )
 
-ingested_hours = sa.Table(
-    "ingested_hours",
-    metadata,
-    sa.Column("hour", sa.BigInteger, primary_key=True),
-    sa.Column("ingested_at", sa.BigInteger, nullable=False),
-    sa.Column("source", sa.String(1024), nullable=False),
-    sa.Column("usage_rows", sa.Integer, nullable=False),
-    sa.Column("gpus", sa.Integer, nullable=False),
-)
 
-provisional_hours = sa.Table(
-    "provisional_hours",
-    metadata,
-    sa.Column("hour", sa.BigInteger, primary_key=True),
-    # The rows hold the data up to this time (at most hour + 1 h).
-    sa.Column("through", sa.BigInteger, nullable=False),
-    sa.Column("ingested_at", sa.BigInteger, nullable=False),
-    sa.Column("source", sa.String(1024), nullable=False),
-    sa.Column("usage_rows", sa.Integer, nullable=False),
-    sa.Column("gpus", sa.Integer, nullable=False),
+def _hour_marks(name: str, *extra: sa.Column) -> sa.Table:
+    """A table of written hours: when, from where, how many usage rows and GPUs."""
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column("hour", sa.BigInteger, primary_key=True),
+        *extra,
+        sa.Column("ingested_at", sa.BigInteger, nullable=False),
+        sa.Column("source", sa.String(1024), nullable=False),
+        sa.Column("usage_rows", sa.Integer, nullable=False),
+        sa.Column("gpus", sa.Integer, nullable=False),
+    )
+
+
+ingested_hours = _hour_marks("ingested_hours")
+# The rows hold the data up to `through` (at most hour + 1 h).
+provisional_hours = _hour_marks(
+    "provisional_hours", sa.Column("through", sa.BigInteger, nullable=False)
 )
 
 gpu_sources = sa.Table(

@@ -46,6 +46,15 @@ def _base(name: str) -> str:
     return name.removesuffix("_total")
 
 
+# The exporter's per-pod-and-device usage counters, the ones accounting charges from.
+POD_COUNTERS = (
+    c.POD_GPU_ALLOCATED_SECONDS.name,
+    c.POD_GPU_BUSY_SECONDS.name,
+    c.POD_GPU_MEMORY_BYTE_SECONDS.name,
+    c.POD_GPU_ENERGY.name,
+)
+
+
 class RecordingNames:
     """Recording-rule names for one configuration (the rate window is part of them)."""
 
@@ -79,25 +88,11 @@ class RecordingNames:
         self.cluster_busy = f"cluster:{gpu_busy}:{rate}"
         self.cluster_pod_busy = f"cluster:{busy}:{rate}"
         self.pod_hourly = {
-            metric: f"namespace_pod:{_base(metric)}:increase1h"
-            for metric in (
-                c.POD_GPU_ALLOCATED_SECONDS.name,
-                c.POD_GPU_BUSY_SECONDS.name,
-                c.POD_GPU_MEMORY_BYTE_SECONDS.name,
-                c.POD_GPU_ENERGY.name,
-            )
+            metric: f"namespace_pod:{_base(metric)}:increase1h" for metric in POD_COUNTERS
         }
         # Accounting reads these instead of the per-device counters (see
         # accounting.ingest.IngestQueries.recorded): one series per pod, not per GPU.
-        self.pod_counter_sums = {
-            metric: f"namespace_pod:{metric}:sum"
-            for metric in (
-                c.POD_GPU_ALLOCATED_SECONDS.name,
-                c.POD_GPU_BUSY_SECONDS.name,
-                c.POD_GPU_MEMORY_BYTE_SECONDS.name,
-                c.POD_GPU_ENERGY.name,
-            )
-        }
+        self.pod_counter_sums = {metric: f"namespace_pod:{metric}:sum" for metric in POD_COUNTERS}
         self.node_model_gpus = "node_model_source:gpuledger_gpu_count:sum"
         self.namespace_hourly = {
             metric: name.replace("namespace_pod:", "namespace:", 1)
