@@ -204,11 +204,12 @@ class MonthReport:
     month: str
     total_cost: str
     currency: str
-    hours_ingested: int
+    hours_ingested: int  # complete hours
     hours_expected: int
     html: str
     focus: str
     files: list[str]
+    hours_provisional: int = 0  # written but not over yet
 
 
 @dataclass
@@ -290,6 +291,7 @@ def _ingest_and_report(prometheus_url: str, start: float, end: float, out: Path)
                 total_cost=str(report.total_cost),
                 currency=report.currency,
                 hours_ingested=report.hours_ingested,
+                hours_provisional=len(report.provisional_hours),
                 hours_expected=report.hours_expected,
                 html=str(html),
                 focus=str(focus),
@@ -527,7 +529,8 @@ def format_summary(summary: Summary, keep_running: bool) -> str:
         for report in acc["reports"]:
             lines.append(
                 f"  chargeback     {report['month']}: {report['total_cost']} {report['currency']}"
-                f" for the {report['hours_ingested']} hour(s) in the ledger"
+                f" for {report['hours_ingested']} complete and "
+                f"{report.get('hours_provisional', 0)} provisional hour(s) in the ledger"
             )
             lines.append(f"    HTML         {report['html']}")
             lines.append(f"    FOCUS CSV    {report['focus']}")

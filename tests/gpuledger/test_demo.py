@@ -82,6 +82,8 @@ def test_quick_demo_runs_the_whole_stack_and_leaves_nothing_behind(tmp_path: Pat
     assert accounting["provisional_hours"] >= 1
     assert "provisional: still in progress" in printed
     (report,) = accounting["reports"]
+    assert report["hours_provisional"] >= 1
+    assert f"{report['hours_provisional']} provisional hour(s) in the ledger" in printed
     for name in (report["html"], report["focus"], *report["files"]):
         assert Path(name).stat().st_size > 0, name
     assert "SIMULATED" in Path(report["html"]).read_text()
