@@ -146,7 +146,8 @@ class RulesConfig:
 
     # ---------------------------------------------------------------- throttling
     # NVML clock event reasons (the exporter's `reason` label). SW power cap is left out:
-    # a GPU at its power limit under full load is normal, not a fault. So is hw_slowdown:
+    # a GPU at its power limit under full load is normal, not a fault (a training H200
+    # had it set in every collection above 600 W: tests/exporter/sources/test_nvml_h200.py). So is hw_slowdown:
     # NVML sets it for heat and for power alike (with hw_thermal_slowdown or
     # hw_power_brake_slowdown beside it), so it would make a thermal event a power alert.
     thermal_reasons: tuple[str, ...] = ("hw_thermal_slowdown", "sw_thermal_slowdown")
