@@ -35,6 +35,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +44,23 @@ sys.path.insert(0, str(ROOT))
 
 NODE = "gpu-check-node"
 NAMESPACE, POD, CONTAINER = "gpu-check", "trainer-0", "trainer"
-POD_UID = "0c0ffee0-1234-4567-89ab-0123456789ab"
-CONTAINER_ID = "c" * 64
 MIB = 1024**2
+
+
+@dataclass(frozen=True)
+class PodSpec:
+    name: str
+    uid: str
+    container_id: str
+
+
+# The main run: one pod holds the whole GPU. The shared run: two pods hold one
+# time-sliced replica each (nvidia.com/gpu.shared, device IDs "<uuid>::<replica>").
+EXCLUSIVE = (PodSpec(POD, "0c0ffee0-1234-4567-89ab-0123456789ab", "c" * 64),)
+SHARED = (
+    PodSpec("tenant-a", "aaaaaaaa-1234-4567-89ab-0123456789ab", "a" * 64),
+    PodSpec("tenant-b", "bbbbbbbb-1234-4567-89ab-0123456789ab", "b" * 64),
+)
 
 log = logging.getLogger("gpu_check")
 
@@ -136,12 +151,13 @@ def nccl_worker(args: argparse.Namespace) -> int:
 class Node:
     """The exporter on this machine's GPU, with kubelet, API server and /proc fixtures."""
 
-    def __init__(self, work: Path, fake: bool, timeline_path: Path) -> None:
+    def __init__(self, work: Path, fake: bool, pods: tuple[PodSpec, ...] = EXCLUSIVE) -> None:
         from tests.fakes.fake_kubelet import FakeKubelet, pod_resources
         from tests.fakes.kube_apiserver import FakeKubeApiServer, make_pod
         from tests.fakes.nvml_trace import RecordingNvml
 
-        self.work, self.fake, self.timeline_path = work, fake, timeline_path
+        self.work, self.fake, self.pods = work, fake, pods
+        self.pids: dict[int, str] = {}  # pid -> pod name
         self.proc_root = work / "proc"
         self.proc_root.mkdir()
         self.probe_socket = str(work / "probe.sock")
@@ -149,7 +165,7 @@ class Node:
             from tests.fakes.fake_pynvml import make_fake_pynvml
 
             self.nvml = make_fake_pynvml(1)
-            self._fake_pids: list[int] = []
+            self._fake_pids: dict[int, Path] = {}  # pid -> its timeline
             self._stop = threading.Event()
             threading.Thread(target=self._drive_fake, daemon=True).start()
         else:
@@ -159,13 +175,30 @@ class Node:
         self.uuid = self._gpu_uuid()
         self.recorder = RecordingNvml(self.nvml)
         self.kubelet = FakeKubelet(work).start()
+        shared = len(pods) > 1
         self.kubelet.set_pods(
-            [pod_resources(POD, NAMESPACE, {CONTAINER: {"nvidia.com/gpu": [self.uuid]}})]
+            [
+                pod_resources(
+                    pod.name,
+                    NAMESPACE,
+                    {CONTAINER: {"nvidia.com/gpu.shared": [f"{self.uuid}::{i}"]}}
+                    if shared
+                    else {CONTAINER: {"nvidia.com/gpu": [self.uuid]}},
+                )
+                for i, pod in enumerate(pods)
+            ]
         )
         self.api = FakeKubeApiServer().start()
-        self.api.add(
-            make_pod(POD, NAMESPACE, node=NODE, uid=POD_UID, containers={CONTAINER: CONTAINER_ID})
-        )
+        for pod in pods:
+            self.api.add(
+                make_pod(
+                    pod.name,
+                    NAMESPACE,
+                    node=NODE,
+                    uid=pod.uid,
+                    containers={CONTAINER: pod.container_id},
+                )
+            )
         self.snapshots: list[Any] = []
         self.exporter = self._exporter()
 
@@ -204,25 +237,29 @@ class Node:
         exporter.serve(port=0)
         return exporter
 
-    def adopt(self, pid: int) -> None:
-        """The process `pid` runs in trainer-0's container."""
+    def adopt(self, pid: int, timeline: Path, pod: int = 0) -> None:
+        """The process `pid` runs in the container of `pods[pod]`."""
         from tests.fakes.proc_tree import pod_process
 
-        pod_process(self.proc_root, pid, POD_UID, CONTAINER_ID)
+        spec = self.pods[pod]
+        pod_process(self.proc_root, pid, spec.uid, spec.container_id)
+        self.pids[pid] = spec.name
         if self.fake:
             from tests.fakes.fake_pynvml import FakeProcess
 
             self.nvml.gpus[0].processes.append(FakeProcess(pid, 2 * 1024**3))
-            self._fake_pids.append(pid)
+            self._fake_pids[pid] = timeline
 
     def _drive_fake(self) -> None:
-        """The fake GPU is busy while a workload runs, except in the idle phase."""
+        """Each workload keeps the fake GPU 40 % busy, except in its idle phase."""
         while not self._stop.wait(0.25):
             self.nvml.advance(0.25)
-            idle = _current_phase_kind(self.timeline_path) == "idle"
-            for pid in self._fake_pids:
-                self.nvml.add_process_sample(0, pid, sm=0 if idle else 55, mem=20)
-            self.nvml.gpus[0].utilization_gpu = 55 if self._fake_pids and not idle else 0
+            total = 0
+            for pid, timeline in list(self._fake_pids.items()):
+                sm = 0 if _current_phase_kind(timeline) in ("idle", None) else 40
+                self.nvml.add_process_sample(0, pid, sm=sm, mem=20)
+                total += sm
+            self.nvml.gpus[0].utilization_gpu = min(total, 100)
 
     def scrape(self) -> str:
         with urllib.request.urlopen(self.exporter.url + "/metrics", timeout=10) as answer:
@@ -238,6 +275,7 @@ class Node:
             snapshots=self.snapshots,
             recorded_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             gpu_uuid=self.uuid,
+            pods={str(pid): name for pid, name in self.pids.items()},
             fake=self.fake,
         )
 
@@ -426,6 +464,123 @@ def _unsupported(trace: dict[str, Any]) -> set[str]:
     return {c["fn"] for c in trace["calls"] if c.get("error") in codes}
 
 
+# --------------------------------------------------------------------- shared GPU
+
+
+def run_shared(args: argparse.Namespace, out: Path, checks: Checks) -> dict[str, Any]:
+    """Two pods time-slice the GPU: A trains throughout, B trains, idles, trains. The
+    exporter splits the GPU between them by their processes' SM samples."""
+    device = "cpu" if args.fake else "cuda"
+    model = "tiny" if args.fake else args.model
+    plans = {
+        "a": [{"name": "steady", "kind": "steady", "duration_s": 55 * args.scale}],
+        "b": [
+            {"name": "steady", "kind": "steady", "duration_s": 20 * args.scale},
+            {"name": "held-idle", "kind": "idle", "duration_s": 20 * args.scale},
+            {"name": "steady-again", "kind": "steady", "duration_s": 10 * args.scale},
+        ],
+    }
+    scrapes: dict[str, str] = {}
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    with tempfile.TemporaryDirectory(prefix="gpu-check-") as folder:
+        work = Path(folder)
+        node = Node(work, args.fake, SHARED)
+        runs: dict[str, tuple[subprocess.Popen, Path]] = {}
+        for index, (tenant, phases) in enumerate(plans.items()):
+            profile = work / f"{tenant}.yaml"
+            profile.write_text(json.dumps({"name": f"tenant-{tenant}", "phases": phases}))
+            timeline = out / f"timeline_{tenant}.jsonl"
+            command = [
+                *(sys.executable, "-m", "gpuledger.cli", "loadgen", "--profile", str(profile)),
+                *("--device", device, "--timeline", str(timeline), "--progress", "off"),
+                *("--no-probe", "--model", model, "--job", f"tenant-{tenant}"),
+            ]
+            process = subprocess.Popen(
+                command,
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            node.adopt(process.pid, timeline, pod=index)
+            runs[tenant] = (process, timeline)
+        (a, a_timeline), (b, b_timeline) = runs["a"], runs["b"]
+        _wait_for_phase(a_timeline, "steady", a, timeout=240)
+        _wait_for_phase(b_timeline, "steady", b, timeout=240)
+        time.sleep(12 * args.scale)
+        scrapes["both"] = node.scrape()
+        _wait_for_phase(b_timeline, "held-idle", b, timeout=240)
+        time.sleep(10 * args.scale)
+        scrapes["b_idle"] = node.scrape()
+        for tenant, (process, _) in runs.items():
+            _, errors = process.communicate(timeout=600)
+            log.info("tenant %s exited %s: %s", tenant, process.returncode, errors[-2000:])
+            checks.add(
+                f"tenant {tenant} finished", process.returncode == 0, f"exit {process.returncode}"
+            )
+        time.sleep(3)
+        scrapes["end"] = node.scrape()
+        trace = node.close()
+    from tests.fakes import nvml_trace
+
+    nvml_trace.save(trace, out / "nvml_trace_shared.json.gz")
+    for name, text in scrapes.items():
+        (out / f"metrics_shared_{name}.txt").write_text(text)
+    check_shared(checks, scrapes, {t: timeline for t, (_, timeline) in runs.items()})
+    return trace
+
+
+def check_shared(checks: Checks, scrapes: dict[str, str], timelines: dict[str, Path]) -> None:
+    def pods_and_gpu(text: str, pod_metric: str, gpu_metric: str) -> tuple[dict, float | None]:
+        per_pod = {labels["pod"]: value for labels, value in series(text, pod_metric)}
+        return per_pod, one(text, gpu_metric)
+
+    held = {
+        labels["pod"]: labels
+        for labels, _ in series(scrapes["both"], "gpuledger_pod_gpu_allocated")
+    }
+    checks.add(
+        "both pods hold the shared GPU",
+        set(held) == {"tenant-a", "tenant-b"}
+        and all(labels.get("sharing") == "shared" for labels in held.values()),
+        f"{ {pod: labels.get('sharing') for pod, labels in held.items()} }",
+    )
+    util = "gpuledger_pod_gpu_utilization_ratio"
+    both, gpu_both = pods_and_gpu(scrapes["both"], util, "gpuledger_gpu_utilization_ratio")
+    idle, gpu_idle = pods_and_gpu(scrapes["b_idle"], util, "gpuledger_gpu_utilization_ratio")
+    checks.add(
+        "split while both train",
+        gpu_both is not None
+        and min(both.values(), default=0) > 0.1
+        and abs(sum(both.values()) - gpu_both) <= 0.05,
+        f"GPU {gpu_both}; pods {both}",
+    )
+    checks.add(
+        "split while B idles",
+        gpu_idle is not None
+        and idle.get("tenant-b", 1) <= 0.05
+        and abs(idle.get("tenant-a", 0) - gpu_idle) <= 0.05,
+        f"GPU {gpu_idle}; pods {idle}",
+    )
+    busy, gpu_busy = pods_and_gpu(
+        scrapes["end"], "gpuledger_pod_gpu_busy_seconds_total", "gpuledger_gpu_busy_seconds_total"
+    )
+    total = sum(busy.values())
+    checks.add(
+        "pods' busy seconds add up to the GPU's",
+        gpu_busy is not None and gpu_busy > 0 and 0.9 <= total / gpu_busy <= 1.01,
+        f"GPU {gpu_busy} s; pods {busy} (sum {total:.1f} s)",
+    )
+    rates = {}
+    for tenant, path in timelines.items():
+        records = [json.loads(line) for line in path.read_text().splitlines() if line]
+        rates[tenant] = {
+            r["phase"]: round(r["tokens_per_s"]) for r in records if r.get("type") == "phase_end"
+        }
+    checks.info("tokens/s by phase", f"{rates}")
+
+
 # --------------------------------------------------------------------- main
 
 
@@ -444,12 +599,18 @@ def run(args: argparse.Namespace) -> int:
         (out / "nvidia-smi.txt").write_text(smi.stdout + smi.stderr)
     device = "cpu" if args.fake else "cuda"
     checks = Checks()
+    if args.scenario == "shared":
+        trace = run_shared(args, out, checks)
+        summary = {"checks": checks.rows, "calls_recorded": len(trace["calls"]), "fake": args.fake}
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        print(checks.table())
+        return 0 if all(r["ok"] is not False for r in checks.rows) else 1
     exporter_cli(checks, "simulated" if args.fake else "nvml")
     scrapes: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as folder:
         work = Path(folder)
         timeline_path = out / "timeline.jsonl"
-        node = Node(work, args.fake, timeline_path)
+        node = Node(work, args.fake)
         profile = loadgen_profile(work, args.scale)
         command = [
             sys.executable,
@@ -474,7 +635,7 @@ def run(args: argparse.Namespace) -> int:
         loadgen = subprocess.Popen(
             command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
-        node.adopt(loadgen.pid)
+        node.adopt(loadgen.pid, timeline_path)
         output: list[str] = []
         reader = threading.Thread(target=lambda: output.extend(loadgen.stdout), daemon=True)
         reader.start()
@@ -515,7 +676,7 @@ def run(args: argparse.Namespace) -> int:
             stderr=subprocess.STDOUT,
             text=True,
         )
-        node.adopt(worker.pid)
+        node.adopt(worker.pid, timeline_path)
         worker_out, _ = worker.communicate(timeout=300)
         log.info("nccl worker exited %s:\n%s", worker.returncode, worker_out[-3000:])
         if worker.returncode == 0:
@@ -649,6 +810,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="gpu-check")
     parser.add_argument("--fake", action="store_true", help="fake NVML and the CPU: a rehearsal")
     parser.add_argument("--model", default="gpt2-124m")
+    parser.add_argument(
+        "--scenario",
+        choices=("main", "shared"),
+        default="main",
+        help="main: the checks above; shared: two pods time-slicing the GPU",
+    )
     parser.add_argument(
         "--big-model", default="gpt-1b", help="model for the throughput run ('' to skip)"
     )
