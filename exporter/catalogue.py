@@ -497,7 +497,8 @@ EXPORTER_DROPPED_SERIES = _define(
     "exporter_dropped_series_total",
     C,
     "series",
-    "Pod series not exported because the series cap was reached.",
+    "Pod series not exported, or departed pods' counters dropped before their grace "
+    "period ended, because the series cap was reached.",
     NODE,
 )
 EXPORTER_COLLECTOR_UP = _define(

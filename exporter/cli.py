@@ -51,7 +51,8 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--max-pod-series",
         type=int,
         default=10_000,
-        help="cap on pod-on-device series; the rest are dropped and counted",
+        help="cap on pod-on-device series, departed pods' frozen counters included; "
+        "live pods come first, the rest are dropped and counted",
     )
     parser.add_argument(
         "--departed-grace",

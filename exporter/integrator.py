@@ -62,6 +62,8 @@ class UsageIntegrator:
         self.totals = UsageTotals()
         self._last_monotonic: float | None = None
         self._departed_at: dict[PodDeviceKey, float] = {}
+        # Departed series dropped before their grace period ended, to stay under a cap.
+        self.expired_early = 0
 
     def _period(self, snapshot: DeviceSnapshot) -> float:
         last, self._last_monotonic = self._last_monotonic, snapshot.monotonic
@@ -70,7 +72,14 @@ class UsageIntegrator:
         dt = snapshot.monotonic - last
         return dt if 0 < dt <= self.max_gap_s else 0.0
 
-    def update(self, snapshot: DeviceSnapshot, usages: Iterable[PodDeviceUsage]) -> UsageTotals:
+    def update(
+        self,
+        snapshot: DeviceSnapshot,
+        usages: Iterable[PodDeviceUsage],
+        departed_room: int | None = None,
+    ) -> UsageTotals:
+        """Credit one period. `departed_room` bounds the departed series kept: beyond it
+        the pods that left first go before their grace period ends (see expired_early)."""
         dt = self._period(snapshot)
         energy_delta = {gpu.uuid: self._update_gpu(gpu, dt) for gpu in snapshot.gpus}
         for gpu in snapshot.gpus:
@@ -111,10 +120,35 @@ class UsageIntegrator:
         for key in list(self._departed_at):
             pod = (key.namespace, key.pod)
             if pod not in live_pods and now - last_left[pod] >= self.departed_grace_s:
-                del self._departed_at[key]
-                departed.pop(key, None)
+                self._forget(key)
+        if departed_room is not None and len(departed) > departed_room:
+            self._make_room(max(departed_room, 0), live_pods, last_left)
         self.totals.pods = alive
         return self.totals
+
+    def _forget(self, key: PodDeviceKey) -> None:
+        del self._departed_at[key]
+        self.totals.departed.pop(key, None)
+
+    def _make_room(
+        self,
+        room: int,
+        live_pods: set[tuple[str, str]],
+        last_left: dict[tuple[str, str], float],
+    ) -> None:
+        """Series cap reached: the pods that left first go first, all their series at
+        once; a pod still holding another device keeps its departed ones."""
+        departed = self.totals.departed
+        by_pod: dict[tuple[str, str], list[PodDeviceKey]] = {}
+        for key in departed:
+            by_pod.setdefault((key.namespace, key.pod), []).append(key)
+        gone = sorted((pod for pod in by_pod if pod not in live_pods), key=last_left.__getitem__)
+        for pod in gone:
+            if len(departed) <= room:
+                break
+            for key in by_pod[pod]:
+                self._forget(key)
+                self.expired_early += 1
 
     def _update_gpu(self, gpu: GpuReading, dt: float) -> float:
         """Credit one GPU's period; return the joules it used in the period."""

@@ -64,7 +64,8 @@ class CollectionLoop:
         self._state = empty_state(node)
         self._last_attribution = Attribution()
         self._exported_keys: set[PodDeviceKey] = set()
-        self._dropped_keys: set[PodDeviceKey] = set()
+        self._dropped_keys: set[PodDeviceKey] = set()  # dropped now (one warning each)
+        self._dropped_total = 0
         self._own_errors: Counter[tuple[str, str]] = Counter()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -115,7 +116,17 @@ class CollectionLoop:
         totals = previous.totals
         if snapshot is not None and collector_up.get("device"):
             usages = self._cap(split_by_pod(snapshot.gpus, attribution))
-            totals = self._integrator.update(snapshot, usages)
+            # Departed pods' frozen counters count against the cap too, after live pods.
+            early = self._integrator.expired_early
+            totals = self._integrator.update(
+                snapshot, usages, departed_room=self.max_pod_series - len(usages)
+            )
+            if self._integrator.expired_early > early:
+                log.warning(
+                    "pod series cap reached; departed pods' counters dropped before their "
+                    "grace period ended (raise --max-pod-series)",
+                    extra={"series": self._integrator.expired_early - early},
+                )
 
         errors = dict(self._attribution_errors() if self._attribution_errors else {})
         for key, count in self._own_errors.items():
@@ -125,7 +136,7 @@ class CollectionLoop:
             last_collection_timestamp=time.time(),
             nvml_errors=dict(snapshot.errors) if snapshot else {},
             attribution_errors=errors,
-            dropped_series=len(self._dropped_keys),
+            dropped_series=self._dropped_total + self._integrator.expired_early,
             collector_up=collector_up,
         )
         self._state = ExporterState(
@@ -150,15 +161,19 @@ class CollectionLoop:
         """Keep at most max_pod_series pod series; series already exported keep their place."""
         if len(usages) <= self.max_pod_series:
             self._exported_keys = {u.key for u in usages}
+            self._dropped_keys = set()
             return tuple(usages)
         kept = [u for u in usages if u.key in self._exported_keys][: self.max_pod_series]
         room = self.max_pod_series - len(kept)
         newcomers = [u for u in usages if u.key not in self._exported_keys]
         kept.extend(newcomers[:room])
-        for usage in newcomers[room:]:
-            if usage.key not in self._dropped_keys:
-                log.warning("pod series cap reached; dropping", extra={"pod": usage.key.pod})
-            self._dropped_keys.add(usage.key)
+        dropped = {usage.key for usage in newcomers[room:]}
+        for key in dropped - self._dropped_keys:
+            log.warning("pod series cap reached; dropping", extra={"pod": key.pod})
+            self._dropped_total += 1
+        # Only the keys dropped now are remembered: a set of every key ever dropped
+        # would grow without bound on a node with pod churn.
+        self._dropped_keys = dropped
         self._exported_keys = {u.key for u in kept}
         return tuple(kept)
 

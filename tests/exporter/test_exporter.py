@@ -202,6 +202,32 @@ def test_series_cap_drops_new_pods_and_counts_them():
     assert parsed["gpuledger_exporter_dropped_series"].samples[0].value == 2
 
 
+def test_departed_pods_counters_count_against_the_series_cap():
+    gpus = [mig_gpu(0, instances=4)]
+    current = {}
+
+    def attribution(names):
+        devices = {}
+        for name, mig in zip(names, gpus[0].mig, strict=False):
+            devices |= assign(mig.uuid, pod(name))
+        return Attribution(devices=devices)
+
+    exporter = Exporter(
+        ScriptedSource(gpus, step=1.0),
+        "n",
+        lambda snapshot: current["attribution"],
+        max_pod_series=4,
+    )
+    current["attribution"] = attribution(["p0", "p1", "p2", "p3"])
+    collect_text(exporter, times=2)
+    current["attribution"] = attribution(["q0", "q1"])  # two leave, two new ones come
+    parsed = families(collect_text(exporter, times=1))
+    held = {s.labels["pod"] for s in parsed["gpuledger_pod_gpu_allocated_seconds"].samples}
+    # 2 live + 4 departed would be 6 series: the 2 live stay, 2 departed fit.
+    assert len(held) == 4 and {"q0", "q1"} <= held
+    assert parsed["gpuledger_exporter_dropped_series"].samples[0].value == 2
+
+
 def test_lost_gpu_is_down_and_the_others_keep_their_series():
     gpus = [h100(0), h100(1, up=False, error="GPU is lost")]
     exporter = Exporter(ScriptedSource(gpus), "n")

@@ -105,6 +105,42 @@ def test_a_pod_keeps_a_departed_device_series_while_it_holds_another():
     assert totals.departed == {}
 
 
+def test_past_the_series_room_the_pods_that_left_first_go_first():
+    integrator = UsageIntegrator(departed_grace_s=300)
+    gpus = [h100(i, utilization=1.0) for i in range(4)]
+    names = ["a", "b", "c", "d"]
+
+    def step(t, held, room=None):
+        devices = {}
+        for i in held:
+            devices |= assign(gpus[i].uuid, pod(names[i]))
+        s = DeviceSnapshot(timestamp=t, monotonic=t, source="nvml", gpus=tuple(gpus))
+        return integrator.update(s, split_by_pod(s.gpus, Attribution(devices=devices)), room)
+
+    step(0.0, [0, 1, 2, 3])
+    step(1.0, [1, 2, 3])  # a leaves first
+    step(2.0, [2, 3])  # then b
+    totals = step(3.0, [3], room=3)  # c leaves too: three departed fit in a room of 3
+    assert {k.pod for k in totals.departed} == {"a", "b", "c"}
+    assert integrator.expired_early == 0
+    totals = step(4.0, [3], room=1)  # the room shrinks (more live pods elsewhere, say)
+    assert {k.pod for k in totals.departed} == {"c"}
+    assert integrator.expired_early == 2
+
+
+def test_the_series_room_never_splits_a_pod_that_still_holds_a_device():
+    integrator = UsageIntegrator(departed_grace_s=300)
+    gpu0, gpu1 = h100(0, utilization=1.0), h100(1, utilization=1.0)
+    both = Attribution(devices=assign(gpu0.uuid, pod("a")) | assign(gpu1.uuid, pod("a")))
+    s = DeviceSnapshot(timestamp=0.0, monotonic=0.0, source="nvml", gpus=(gpu0, gpu1))
+    integrator.update(s, split_by_pod(s.gpus, both))
+    only_gpu0 = Attribution(devices=assign(gpu0.uuid, pod("a")))
+    s = DeviceSnapshot(timestamp=1.0, monotonic=1.0, source="nvml", gpus=(gpu0, gpu1))
+    totals = integrator.update(s, split_by_pod(s.gpus, only_gpu0), departed_room=0)
+    assert [k.uuid for k in totals.departed] == [gpu1.uuid]  # kept: a is still live
+    assert integrator.expired_early == 0
+
+
 def test_a_pod_back_within_the_grace_period_continues_its_counters():
     integrator = UsageIntegrator(departed_grace_s=30)
     gpu = h100(0, utilization=1.0)
