@@ -1,9 +1,12 @@
-"""The checks that need a real NVIDIA GPU, in one run of a few minutes.
+"""The checks that need a real NVIDIA GPU, in one run of a few minutes (docs/gpu-check.md).
 
-    python3 scripts/gpu_check.py --out DIR           # on a GPU machine
-    python3 scripts/gpu_check.py --out DIR --fake    # rehearsal: fake NVML, the CPU
+    python3 scripts/gpu_check.py --out DIR                     # on a GPU machine, ~3 min
+    python3 scripts/gpu_check.py --out DIR --scenario shared   # two pods time-slicing it
+    python3 scripts/gpu_check.py --out DIR --fake              # rehearsal: fake NVML, CPU
 
-1. `nvidia-smi -q`: the card as found.
+The main scenario:
+1. `nvidia-smi -q`: the card as found; `gpuledger exporter --device auto` finds the GPU
+   by itself and stops cleanly on SIGTERM.
 2. The exporter on the real GPU, in this process, with every NVML call recorded
    (tests/fakes/nvml_trace.py). The fake kubelet says pod gpu-check/trainer-0 holds
    the GPU, the fake API server knows the pod, and a fixture /proc maps the workloads'
@@ -15,12 +18,15 @@
    CUDA-event path), counting its own bytes and timing itself with CUDA events. One GPU
    allows one rank (NCCL refuses two ranks on one device), whose all_reduce moves no
    data: bytes and calls are checked exactly, time only for being recorded.
-5. /metrics scraped during the steady phase, the idle phase and at the end.
+5. /metrics scraped during the steady phase, the idle phase and at the end; then a
+   larger model (--big-model, gpt-1b) trains alone for its throughput and MFU.
 6. Checks, each with the numbers behind it: summary.json and a table printed last.
 
-Outputs in --out (8 files at most): nvidia-smi.txt, nvml_trace.json.gz (the
-recording, with the source's snapshots: tests replay it), metrics_steady.txt,
-metrics_idle.txt, metrics_end.txt, timeline.jsonl, summary.json, log.txt.
+Outputs in --out (8 files at most, what a lent GPU machine sends back): nvidia-smi.txt,
+nvml_trace.json.gz (the recording, with the source's snapshots: tests replay it),
+metrics_steady.txt, metrics_idle.txt, metrics_end.txt, timeline.jsonl, summary.json,
+log.txt. The shared scenario writes nvml_trace_shared.json.gz, metrics_shared_*.txt and
+a timeline per tenant instead.
 """
 
 from __future__ import annotations
