@@ -18,6 +18,7 @@ from __future__ import annotations
 import decimal
 import re
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -67,6 +68,8 @@ QUANTITIES = (
     "memory_gb_hours",
     "energy_kwh",
 )
+# What the dimensions read of each pod's metadata (Ledger.pods_frame's columns).
+_POD_FIELDS = ("job_kind", "job_name", "labels", "job_labels", "queue", "cohort")
 REGION_LABELS = ("topology.kubernetes.io/region", "failure-domain.beta.kubernetes.io/region")
 
 
@@ -157,21 +160,37 @@ def load_period(
     The cells are split and summed per day in the database (`split_cells_in_ledger`):
     the same records, to the milli-unit, as `prepare` makes from the ledger's frames.
     """
-    records, gpus_on_node, pairs = split_cells_in_ledger(ledger, start, end)
+    with ThreadPoolExecutor(1, thread_name_prefix="ledger-cells") as pool:
+        # The cells are read in other threads (the database sorts without the GIL)
+        # while this one reads and decodes the metadata.
+        cells = (
+            pool.submit(split_cells_in_ledger, ledger, start, end)
+            if ledger.threads_may_read
+            else None
+        )
+        pods, namespaces, nodes = (
+            ledger.pods_frame(),
+            ledger.namespaces_frame(),
+            ledger.nodes_frame(),
+        )
+        covered = coverage(ledger, start, end)
+        records, gpus_on_node, pairs = (
+            cells.result() if cells else split_cells_in_ledger(ledger, start, end)
+        )
     rate_ids, rates = rates_for(pairs, gpus_on_node, price_book)
     prepared = _prepared(
         records,
         rate_ids,
         rates,
-        ledger.pods_frame(),
-        ledger.namespaces_frame(),
-        ledger.nodes_frame(),
+        pods,
+        namespaces,
+        nodes,
         start,
         end,
         price_book=price_book,
         teams=teams or TeamRule(),
     )
-    prepared.coverage = coverage(ledger, start, end)
+    prepared.coverage = covered
     return prepared
 
 
@@ -306,40 +325,44 @@ def summarise(prepared: Prepared, by: Sequence[str] = ("team",), idle: str = "ro
     grouped = records.groupby(price_keys, sort=False, observed=True)[sums].sum().reset_index()
     priced = price_records(grouped, prepared.rates, price_book, idle)
 
+    # Each key's priced rows, summed in the order they come (as a loop over the rows
+    # would: float and Decimal sums depend on the order).
+    group = priced.groupby(keys, sort=False, observed=True).ngroup().to_numpy(np.int64)
+    count = int(group.max()) + 1 if len(group) else 0
+    first = np.unique(group, return_index=True)[1]
+    key_values = [_values(priced[k].iloc[first]) for k in keys]
+    totals = {}
+    for c in sums:
+        column = priced[c].to_numpy()
+        totals[c] = np.zeros(count, dtype=column.dtype)
+        np.add.at(totals[c], group, column)
     with decimal.localcontext(PRECISION):
-        rows: dict[tuple, dict[str, Any]] = {}
-        money_columns = ("held_cost", *MONEY)
-        values = {c: _values(priced[c]) for c in (*keys, *sums, *money_columns)}
-        for i in range(len(priced)):
-            key = tuple(values[k][i] for k in keys)
-            row = rows.get(key)
-            if row is None:
-                row = rows[key] = dict.fromkeys(sums, 0) | dict.fromkeys(money_columns, Decimal(0))
-            for c in sums:
-                row[c] += values[c][i]
-            for c in money_columns:
-                row[c] += values[c][i]
+        for c in MONEY:
+            totals[c] = np.full(count, Decimal(0), dtype=object)
+            np.add.at(totals[c], group, priced[c].to_numpy(dtype=object))
         total = sum(priced["held_cost"], Decimal(0)) + sum(priced["energy_cost"], Decimal(0))
 
-    ordered = sorted(rows.items(), key=lambda kv: _order(kv[0], kv[1]))
-    names = ["\x1f".join(map(str, key)) for key, _ in ordered]
+    order = _report_order(key_values, totals["cost_allocation"].tolist())
+    columns = [[values[i] for i in order] for values in key_values]
     out = pd.DataFrame(
         {
-            column: pd.Series([key[i] for key, _ in ordered], dtype=object)
-            for i, column in enumerate(keys)
+            column: pd.Series(values, dtype=object)
+            for column, values in zip(keys, columns, strict=True)
         },
         columns=keys,
     )
-    stats = [row for _, row in ordered]
-    out["gpu_hours_held"] = [r["held_ms"] / 3.6e6 for r in stats]
-    out["gpu_hours_busy"] = [r["busy_ms"] / 3.6e6 for r in stats]
+    held, busy = totals["held_ms"][order], totals["busy_ms"][order]
+    out["gpu_hours_held"] = held / 3.6e6
+    out["gpu_hours_busy"] = busy / 3.6e6
+    # Python's int / int: exact for sums beyond 2**53 too.
     out["efficiency"] = [
-        r["busy_ms"] / r["held_ms"] if r["held_ms"] else float("nan") for r in stats
+        b / h if h else float("nan") for b, h in zip(busy.tolist(), held.tolist(), strict=True)
     ]
-    out["memory_gb_hours"] = [r["memory_byte_seconds"] / 1e9 / 3600 for r in stats]
-    out["energy_kwh"] = [r["energy_mj"] / 3.6e9 for r in stats]
+    out["memory_gb_hours"] = totals["memory_byte_seconds"][order] / 1e9 / 3600
+    out["energy_kwh"] = totals["energy_mj"][order] / 3.6e9
+    names = _KeyNames(list(zip(*columns, strict=True)))
     for column in MONEY:
-        exact = [r[column] for r in stats]
+        exact = totals[column][order].tolist()
         target = total if column in ("cost_allocation", "cost_usage") else None
         out[column] = pd.Series(largest_remainder(exact, names, target), dtype=object)
     out.attrs.update(
@@ -350,7 +373,7 @@ def summarise(prepared: Prepared, by: Sequence[str] = ("team",), idle: str = "ro
         currency=price_book.currency,
         provider=price_book.provider,
         price_book=price_book.path,
-        total_cost=largest_remainder([total])[0] if stats else Decimal("0.00"),
+        total_cost=largest_remainder([total])[0] if count else Decimal("0.00"),
         exact_total_cost=total,
         team_labels=list(prepared.teams.labels),
         **prepared.coverage,
@@ -367,9 +390,61 @@ def _values(column: pd.Series) -> list:
     return column.tolist()
 
 
-def _order(key: tuple, row: Mapping[str, Any]) -> tuple:
-    # Workloads first, most expensive first; then unattributed, then idle.
-    return (CATEGORIES.index(key[0]), -row["cost_allocation"], tuple(map(str, key[1:])))
+def _report_order(key_values: list[list], costs: list[Decimal]) -> list[int]:
+    """The groups' indexes in report order: workloads first, most expensive first; then
+    unattributed, then idle; equal costs by their dimensions' text.
+
+    That is sorted() on (category, -cost, dimensions as text) tuples, without comparing
+    100,000 Decimals pair by pair in Python: the costs' floats (correctly rounded, so
+    never in reverse order) and the texts' ranks sort in numpy; only the rare groups
+    whose floats are equal but whose costs are not are sorted again exactly. (-cost is
+    taken in the caller's decimal context, as that sort key was.)
+    """
+    negated = [-cost for cost in costs]
+    category = np.asarray([CATEGORIES.index(c) for c in key_values[0]], dtype=np.int64)
+    approx = np.fromiter(map(float, negated), dtype=np.float64, count=len(negated))
+    texts = [[str(v) for v in values] for values in key_values[1:]]
+    order = np.lexsort((*reversed([_text_ranks(t) for t in texts]), approx, category))
+    ordered_category, ordered_approx = category[order], approx[order]
+    same = (ordered_category[1:] == ordered_category[:-1]) & (
+        ordered_approx[1:] == ordered_approx[:-1]
+    )
+    result = order.tolist()
+    # Runs of equal (category, float) holding costs that differ: sort them exactly.
+    starts = np.flatnonzero(np.concatenate([[True], ~same]))
+    ends = np.append(starts[1:], len(result))
+    run = np.cumsum(np.concatenate([[True], ~same])) - 1
+    unequal = [
+        k for k in np.flatnonzero(same).tolist() if negated[result[k]] != negated[result[k + 1]]
+    ]
+    for r in sorted(set(run[unequal].tolist())):
+        start, end = int(starts[r]), int(ends[r])
+        result[start:end] = sorted(
+            result[start:end], key=lambda i: (negated[i], tuple(t[i] for t in texts))
+        )
+    return result
+
+
+def _text_ranks(texts: list[str]) -> np.ndarray:
+    """Each text's rank among the distinct texts, in Python's str order."""
+    codes, uniques = pd.factorize(np.asarray(texts, dtype=object))
+    rank = np.empty(len(uniques), dtype=np.int64)
+    rank[sorted(range(len(uniques)), key=uniques.__getitem__)] = np.arange(len(uniques))
+    return rank[codes]
+
+
+class _KeyNames(Sequence[str]):
+    """Each group's name for largest_remainder's ties ("category\x1fdim\x1f..."), made
+    only for the few groups that tie."""
+
+    def __init__(self, keys: list[tuple]) -> None:
+        self.keys = keys
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return "\x1f".join(map(str, self.keys[i]))
 
 
 def _with_dimensions(
@@ -384,7 +459,15 @@ def _with_dimensions(
     Idle and unattributed records take their category's name in every dimension but
     the hardware ones (model, node, region, day)."""
     namespace_labels = dict(zip(namespaces["namespace"], namespaces["labels"], strict=True))
-    known = {(r.namespace, r.pod): r for r in pods.itertuples(index=False)}
+    # (namespace, pod) -> (job_kind, job_name, labels, job_labels, queue, cohort), from
+    # whole columns (itertuples reads Arrow strings one at a time).
+    known = dict(
+        zip(
+            zip(pods["namespace"].tolist(), pods["pod"].tolist(), strict=True),
+            zip(*(pods[f].tolist() for f in _POD_FIELDS), strict=True),
+            strict=True,
+        )
+    )
     category_codes, category_names = pd.factorize(records["category"].to_numpy(dtype=object))
     names = list(category_names)
     workload = category_codes == (names.index(WORKLOAD) if WORKLOAD in names else -1)
@@ -396,26 +479,32 @@ def _with_dimensions(
         d: []
         for d in ("namespace", "pod", "team", "job", "job_kind", "job_name", "queue", "cohort")
     }
+    unknown = ("", "", {}, {}, "", "")
+    team_of: dict[tuple, str] = {}
     for pair in pairs.tolist():
         namespace, pod = ns_names[pair // len(pod_names)], pod_names[pair % len(pod_names)]
-        meta = known.get((namespace, pod))
-        job_kind = meta.job_kind if meta is not None and meta.job_kind else "Pod"
-        job_name = meta.job_name if meta is not None and meta.job_name else pod
+        job_kind, job_name, labels, job_labels, queue, cohort = known.get((namespace, pod), unknown)
+        job_kind = job_kind or "Pod"
+        job_name = job_name or pod
         columns["namespace"].append(namespace)
         columns["pod"].append(pod)
-        columns["team"].append(
-            teams.team(
-                namespace,
-                meta.labels if meta is not None else {},
-                meta.job_labels if meta is not None else {},
-                namespace_labels.get(namespace, {}),
-            )
+        # Most pods share their labels with many others: each team is found once.
+        seen = (
+            namespace,
+            tuple(labels.items()) if labels else (),
+            tuple(job_labels.items()) if job_labels else (),
         )
+        team = team_of.get(seen)
+        if team is None:
+            team = team_of[seen] = teams.team(
+                namespace, labels, job_labels, namespace_labels.get(namespace, {})
+            )
+        columns["team"].append(team)
         columns["job"].append(f"{job_kind}/{job_name}")
         columns["job_kind"].append(job_kind)
         columns["job_name"].append(job_name)
-        columns["queue"].append(meta.queue if meta is not None else "")
-        columns["cohort"].append(meta.cohort if meta is not None else "")
+        columns["queue"].append(queue)
+        columns["cohort"].append(cohort)
     records = records.copy()
     for dim, values in columns.items():
         records[dim] = _per_record(

@@ -123,14 +123,14 @@ class IngestQueries:
     def recorded(cls) -> IngestQueries:
         """The same questions asked of gpuledger's accounting recording rules
         (alerts/rules, group gpuledger.accounting.rules): one summed series per pod
-        instead of one per device, and the GPU count already grouped by uuid, so
-        Prometheus evaluates several times fewer series. The rules must have run over
-        the whole range ingested, evaluated at the exporter's scrape interval (their
-        group's `interval`). The ledger is then the raw queries' (increase() of a sum of
-        counters that reset together is the sum of their increases) but for each pod's
-        first hour, which lacks the rule's evaluation lag after the pod's first scrape:
-        less than one scrape interval of its usage (tests/accounting/
-        test_recorded_queries.py measures it)."""
+        instead of one per device, and the GPU count already grouped by uuid (it also
+        says which nodes' labels to read), so Prometheus evaluates several times fewer
+        series. The rules must have run over the whole range ingested, evaluated at the
+        exporter's scrape interval (their group's `interval`). The ledger is then the raw
+        queries' (increase() of a sum of counters that reset together is the sum of
+        their increases) but for each pod's first hour, which lacks the rule's
+        evaluation lag after the pod's first scrape: less than one scrape interval of
+        its usage (tests/accounting/test_recorded_queries.py measures it)."""
         from alerts.config import RulesConfig
         from alerts.rules import RecordingNames
 
@@ -146,6 +146,10 @@ class IngestQueries:
                 f"sum by (node, model, source) (max_over_time({names.node_model_gpus}[{{window}}]))"
             ),
             gpu_pods=f"group by (namespace, pod) (last_over_time({held}[{{range}}]))",
+            node_labels=(
+                "last_over_time(kube_node_labels[{range}]) and on (node) group by (node) "
+                f"(last_over_time({names.node_model_gpus}[{{range}}]))"
+            ),
         )
 
 
@@ -179,13 +183,13 @@ def metadata_promql(queries: IngestQueries, rng: str) -> dict[str, str]:
 
 
 def split_pod_metadata(samples: list[Sample]) -> dict[str, list[Sample]]:
-    """The combined per-pod answer back into its parts, without the tag."""
+    """The combined per-pod answer back into its parts, without the tag (taken out of
+    the samples' labels in place: they are the answer's own)."""
     parts: dict[str, list[Sample]] = {name: [] for name in _POD_METADATA_QUERIES}
     for sample in samples:
-        labels = dict(sample.labels)
-        part = labels.pop(PART_LABEL, "")
-        if part in parts:
-            parts[part].append(Sample(labels, sample.points))
+        part = parts.get(sample.labels.pop(PART_LABEL, ""))
+        if part is not None:
+            part.append(sample)
     return parts
 
 
@@ -392,7 +396,7 @@ class Ingestor:
         }
         end = hours[-1] + HOUR if through is None else through
         metadata = {
-            name: client.query(promql, end)
+            name: client.query_vector(promql, end)
             for name, promql in metadata_promql(self.queries, f"{end - hours[0]}s").items()
         }
         metadata.update(split_pod_metadata(metadata.pop("pods")))
@@ -532,7 +536,7 @@ class Ingestor:
             kind = sample.labels.get("owner_kind", "")
             if key in seen and kind and kind != "<none>" and key not in owners:
                 owners[key] = ObjectRef(kind, sample.labels.get("owner_name", ""))
-        labels = _labels_by(answers["pod_labels"], ("namespace", "pod"))
+        labels = _labels_by(answers["pod_labels"], ("namespace", "pod"), keys_in_label_order=False)
         requests = {
             (s.labels.get("namespace", ""), s.labels.get("pod", "")): s.points[0][1]
             for s in answers["pod_requests"]
@@ -738,11 +742,12 @@ def _join(
     ids: dict[tuple[str, ...], int] = {}
     hour_array = np.asarray(hours, dtype=np.int64)
     cells_of: dict[str, np.ndarray] = {}
+    blanks = ("",) * len(key_labels)  # a label Prometheus left out is empty
     for name in names:
         answer = answers[name]
         series_key = np.fromiter(
             (
-                ids.setdefault(tuple(labels.get(k, "") for k in key_labels), len(ids))
+                ids.setdefault(tuple(map(labels.get, key_labels, blanks)), len(ids))
                 for labels in answer.labels
             ),
             dtype=np.int64,
@@ -761,16 +766,19 @@ def _join(
     every = np.concatenate(
         [cells[cells >= 0] for cells in cells_of.values()] or [np.empty(0, np.int64)]
     )
-    present = np.unique(every)
+    every.sort()
+    present = every[np.concatenate([every[:1] == every[:1], every[1:] != every[:-1]])]
     key, position = present // len(hour_array), present % len(hour_array)
     order = np.lexsort((rank[key], position))
-    present, key, position = present[order], key[order], position[order]
+    # where[i]: the place in the (hour, key) order of the i-th cell in numeric order
+    where_sorted = np.empty(len(order), dtype=np.int64)
+    where_sorted[order] = np.arange(len(order))
+    key, position = key[order], position[order]
     sums = {}
-    lookup = pd.Index(present)
     for name in names:
         cells = cells_of[name]
         inside = cells >= 0
-        where = lookup.get_indexer(cells[inside])
+        where = where_sorted[np.searchsorted(present, cells[inside])]
         sums[name] = np.bincount(
             where, weights=answers[name].values[inside], minlength=len(present)
         )
@@ -783,9 +791,14 @@ def _milli(values: np.ndarray) -> np.ndarray:
     return np.where(ok, np.rint(np.where(ok, values, 0.0) * 1000), 0).astype(np.int64)
 
 
-def _key_columns(joined: _Joined, key_labels: tuple[str, ...], mask: np.ndarray) -> dict[str, list]:
-    keys = [joined.keys[i] for i in joined.key[mask].tolist()]
-    return {label: [k[i] for k in keys] for i, label in enumerate(key_labels)}
+def _key_columns(
+    joined: _Joined, key_labels: tuple[str, ...], mask: np.ndarray
+) -> dict[str, pd.Series]:
+    # Object columns: the rows go to the ledger as Python strings, and pandas's Arrow
+    # strings would be made from them and turned back, at a cost, for nothing.
+    labels = np.array(joined.keys, dtype=object).reshape(len(joined.keys), len(key_labels))
+    picked = labels[joined.key[mask]]
+    return {label: pd.Series(picked[:, i], dtype=object) for i, label in enumerate(key_labels)}
 
 
 def _usage_frame(answers: Mapping[str, _Answer], hours: list[int]) -> pd.DataFrame:
@@ -826,15 +839,16 @@ def _capacity_frames(
 
     # The device source of those GPUs, from the `gpus` answer's `source` label.
     answer = answers["gpus"]
-    points = pd.DataFrame(
-        {
-            "hour": answer.hours,
-            "node": [answer.labels[i].get("node", "") for i in answer.series.tolist()],
-            "model": [answer.labels[i].get("model", "") for i in answer.series.tolist()],
-            "source": [answer.labels[i].get("source", "") for i in answer.series.tolist()],
-            "gpus": answer.values,
-        }
-    )
+    label_columns = {
+        label: pd.Series(
+            np.array([labels.get(label, "") for labels in answer.labels], dtype=object)[
+                answer.series
+            ],
+            dtype=object,
+        )
+        for label in ("node", "model", "source")
+    }
+    points = pd.DataFrame({"hour": answer.hours, **label_columns, "gpus": answer.values})
     points = points[np.isfinite(points["gpus"]) & (points["gpus"] > 0)]
     points = points.merge(capacity[["hour", "node", "model"]], on=["hour", "node", "model"])
     sources = (
@@ -875,15 +889,38 @@ def ksm_label_key(name: str) -> str:
     return name[len("label_") :]
 
 
-def _labels_by(samples: list[Sample], key_labels: tuple[str, ...]) -> dict[tuple, dict[str, str]]:
-    found: dict[tuple, dict[str, str]] = {}
-    for sample in sorted(samples, key=lambda s: sorted(s.labels.items())):
-        key = tuple(sample.labels.get(label, "") for label in key_labels)
-        values = {
-            ksm_label_key(k): v for k, v in sample.labels.items() if k.startswith("label_") and v
-        }
-        found.setdefault(key, {}).update(values)
+def _labels_by(
+    samples: list[Sample], key_labels: tuple[str, ...], *, keys_in_label_order: bool = True
+) -> dict[tuple, dict[str, str]]:
+    """The `label_*` values of each key's samples (prefix taken off). A key's samples are
+    merged in the order of their sorted labels: the same whatever order they come in.
+
+    With `keys_in_label_order`, the keys come in that order too (namespaces' and nodes'
+    rows are written in it); without, in the order of the samples, and only the labels
+    of keys with several samples are sorted (a chunk's 50,000 pods' are only looked up).
+    """
+    if keys_in_label_order:
+        found: dict[tuple, dict[str, str]] = {}
+        for sample in sorted(samples, key=lambda s: sorted(s.labels.items())):
+            key = tuple(sample.labels.get(label, "") for label in key_labels)
+            found.setdefault(key, {}).update(_label_values(sample.labels))
+        return found
+    blanks = ("",) * len(key_labels)
+    by_key: dict[tuple, list[Sample]] = {}
+    for sample in samples:
+        by_key.setdefault(tuple(map(sample.labels.get, key_labels, blanks)), []).append(sample)
+    found = {}
+    for key, group in by_key.items():
+        if len(group) > 1:
+            group.sort(key=lambda s: sorted(s.labels.items()))
+        found[key] = values = {}
+        for sample in group:
+            values.update(_label_values(sample.labels))
     return found
+
+
+def _label_values(labels: Mapping[str, str]) -> dict[str, str]:
+    return {ksm_label_key(k): v for k, v in labels.items() if k.startswith("label_") and v}
 
 
 def _pod_metadata(record: dict) -> PodMetadata:

@@ -31,8 +31,10 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
+import msgspec
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -187,6 +189,8 @@ _OWNER_FIELDS = (
 )
 _OBSERVED_FIELDS = ("uid", "node", "labels", "gpu_request")
 _EMPTY = ("", "{}", None)
+# json.dumps(..., sort_keys=True) without making an encoder per call (four per pod).
+_sorted_json = json.JSONEncoder(sort_keys=True).encode
 
 
 class LedgerError(RuntimeError):
@@ -242,8 +246,8 @@ class PodMetadata:
             "queue": self.queue,
             "cluster_queue": self.cluster_queue,
             "cohort": self.cohort,
-            "labels": json.dumps(dict(self.labels or {}), sort_keys=True),
-            "job_labels": json.dumps(dict(self.job_labels or {}), sort_keys=True),
+            "labels": _sorted_json(dict(self.labels)) if self.labels else "{}",
+            "job_labels": _sorted_json(dict(self.job_labels)) if self.job_labels else "{}",
             "gpu_request": self.gpu_request,
             "resolved_by": self.resolved_by,
             "first_seen": self.first_seen,
@@ -252,7 +256,7 @@ class PodMetadata:
         }
         # A field is stamped only when this observation has it.
         times = {f: self.observed_at if row[f] not in _EMPTY else 0 for f in _OBSERVED_FIELDS}
-        row["field_times"] = json.dumps(times | {"owner": self.observed_at}, sort_keys=True)
+        row["field_times"] = _sorted_json(times | {"owner": self.observed_at})
         return row
 
 
@@ -270,7 +274,8 @@ def merge_pod_rows(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dic
     merged["first_seen"] = min(old["first_seen"], new["first_seen"])
     merged["last_seen"] = max(old["last_seen"], new["last_seen"])
     merged["observed_at"] = max(old["observed_at"], new["observed_at"])
-    times_old, times_new = json.loads(old["field_times"]), json.loads(new["field_times"])
+    times_old = msgspec.json.decode(old["field_times"])
+    times_new = msgspec.json.decode(new["field_times"])
     times = dict(times_old)
     for name in _OBSERVED_FIELDS:
         # An observation that lacks a field (kube-state-metrics without a label
@@ -285,7 +290,7 @@ def merge_pod_rows(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dic
         for name in _OWNER_FIELDS:
             merged[name] = new[name]
         times["owner"] = times_new["owner"]
-    merged["field_times"] = json.dumps(times, sort_keys=True)
+    merged["field_times"] = _sorted_json(times)
     return merged
 
 
@@ -342,6 +347,12 @@ class Ledger:
     def dispose(self) -> None:
         self.engine.dispose()
 
+    @property
+    def threads_may_read(self) -> bool:
+        """Whether other threads can read this ledger, each on a connection of its own:
+        not an in-memory SQLite ledger, whose one connection is its thread's."""
+        return not isinstance(self.engine.pool, (sa.pool.SingletonThreadPool, sa.pool.StaticPool))
+
     # ---------------------------------------------------------------- writes
     def write_hour(
         self,
@@ -395,10 +406,11 @@ class Ledger:
                 "a provisional write is of one hour, through a time inside it: "
                 f"hours {hours}, through {provisional_through}"
             )
-        rows_per_hour = Counter(row[0] for row in usage_rows)
+        rows_per_hour = Counter(map(itemgetter(0), usage_rows))
         gpus_per_hour: Counter[int] = Counter()
+        gpus = CAPACITY_COLUMNS.index("gpus")
         for row in capacity_rows:
-            gpus_per_hour[row[0]] += int(row[CAPACITY_COLUMNS.index("gpus")])
+            gpus_per_hour[row[0]] += int(row[gpus])
         stray = (set(rows_per_hour) | set(gpus_per_hour)) - set(hours)
         stray |= {row[0] for row in gpu_source_rows} - set(hours)
         if stray:
@@ -453,7 +465,7 @@ class Ledger:
                 rows = [
                     {
                         key: name,
-                        "labels": json.dumps(dict(labels), sort_keys=True),
+                        "labels": _sorted_json(dict(labels)),
                         "observed_at": at,
                     }
                     for name, (labels, at) in observations.items()
@@ -555,8 +567,9 @@ class Ledger:
     def pods_frame(self) -> pd.DataFrame:
         """Every pod the ledger knows; JSON columns (chain, labels, job_labels) decoded."""
         frame = self._frame(sa.select(pods).order_by(pods.c.namespace, pods.c.pod))
+        # msgspec: the same values as json.loads, several times faster on 50,000 pods.
         for column in ("chain", "labels", "job_labels"):
-            frame[column] = [json.loads(v) for v in frame[column]]
+            frame[column] = list(map(msgspec.json.decode, frame[column].tolist()))
         return frame
 
     def namespaces_frame(self) -> pd.DataFrame:
@@ -623,6 +636,23 @@ def _existing_pods(
     conn: Connection, keys: Sequence[tuple[str, str]]
 ) -> dict[tuple[str, str], dict[str, Any]]:
     found: dict[tuple[str, str], dict[str, Any]] = {}
+    if conn.dialect.name == "sqlite":
+        # Joined with the keys, SQLite looks each pod up by its key; `(namespace, pod)
+        # IN (...)` would read the whole table for every batch.
+        columns = [c.name for c in pods.columns]
+        quote = conn.dialect.identifier_preparer.quote
+        selected = ", ".join(f"p.{quote(c)}" for c in columns)
+        for offset in range(0, len(keys), 2000):
+            batch = keys[offset : offset + 2000]
+            result = conn.exec_driver_sql(
+                f"WITH k(namespace, pod) AS (VALUES {', '.join(['(?, ?)'] * len(batch))}) "
+                f"SELECT {selected} FROM k JOIN pods AS p "
+                "ON p.namespace = k.namespace AND p.pod = k.pod",
+                tuple(part for key in batch for part in key),
+            )
+            for row in result.fetchall():
+                found[(row[0], row[1])] = dict(zip(columns, row, strict=True))
+        return found
     for offset in range(0, len(keys), 400):
         batch = keys[offset : offset + 400]
         result = conn.execute(
@@ -660,8 +690,18 @@ def _upsert(
         return
     dialect = conn.dialect.name
     if dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    elif dialect == "postgresql":
+        # Straight to the driver, as in _insert; rows have every column.
+        quote = conn.dialect.identifier_preparer.quote
+        columns = [c.name for c in table.columns]
+        updates = ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in columns if c not in key)
+        conn.exec_driver_sql(
+            f"INSERT INTO {quote(table.name)} ({', '.join(map(quote, columns))}) "
+            f"VALUES ({', '.join('?' * len(columns))}) "
+            f"ON CONFLICT ({', '.join(map(quote, key))}) DO UPDATE SET {updates}",
+            [tuple(row[c] for c in columns) for row in rows],
+        )
+        return
+    if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:  # pragma: no cover - only the two supported databases reach here
         raise LedgerError(f"unsupported ledger database {dialect}: use SQLite or PostgreSQL")

@@ -68,6 +68,7 @@ class PrometheusClient:
         headers: dict[str, str] | None = None,
         allow_partial: bool = False,
         session: requests.Session | None = None,
+        compression: bool = False,
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise PrometheusUnreachable(
@@ -79,6 +80,11 @@ class PrometheusClient:
         self.backoff = backoff
         self.allow_partial = allow_partial
         self.session = session or requests.Session()
+        if not compression:
+            # A month's answers are hundreds of MB of JSON: gzip costs Prometheus more
+            # CPU (about a tenth of its work for the month) than it saves on a network
+            # inside a cluster. Worth it only across a slow link.
+            self.session.headers["Accept-Encoding"] = "identity"
         if headers:
             self.session.headers.update(headers)
         self.stats = ClientStats()
@@ -160,19 +166,48 @@ class PrometheusClient:
             kind = None if data is None else data.resultType
             raise PrometheusQueryError(f"unexpected result type {kind!r} for {params['query']!r}")
         result = data.result
+        # The points as the answer's text: [[t,"v"],...] per series of a matrix, [t,"v"]
+        # per series of a vector. With brackets, quotes and commas made spaces, numpy
+        # reads every number at once (NaN, +Inf and -Inf too): no Python object per point.
         if data.resultType == "vector":
-            points = [[r.value] if r.value is not None else [] for r in result]
+            texts = [bytes(r.value) for r in result]
+            counts = np.fromiter(map(bool, texts), dtype=np.int64, count=len(texts))
         else:
-            points = [r.values for r in result]
-        counts = np.fromiter(map(len, points), dtype=np.int64, count=len(points))
-        flat = [point for series in points for point in series]
+            texts = [bytes(r.values) for r in result]
+            counts = np.fromiter(
+                (text.count(b"[") - 1 for text in texts), dtype=np.int64, count=len(texts)
+            )
+        try:
+            numbers = np.fromstring(b" ".join(texts).translate(_POINT_PUNCTUATION), sep=" ")
+        except ValueError:  # text that is not a number
+            numbers = None
+        if numbers is None or len(numbers) != 2 * counts.sum():
+            raise PrometheusQueryError(
+                f"{self.url} answered {params['query']!r} with an unexpected shape (points "
+                'that are not [time, "value"] pairs); an instant or range vector was expected'
+            )
         return SeriesColumns(
             labels=[r.metric for r in result],
             counts=counts,
-            times=np.fromiter((p[0] for p in flat), dtype=np.float64, count=len(flat)),
-            # Values come as strings ("1.5", "NaN", "+Inf"): numpy parses them.
-            values=np.array([p[1] for p in flat], dtype=np.float64),
+            times=numbers[0::2].copy(),
+            values=numbers[1::2].copy(),
         )
+
+    def query_vector(self, promql: str, at: float) -> list[Sample]:
+        """An instant query whose answer is a vector: what `query` returns, decoded as
+        columns (several times less CPU on answers of 100,000 series)."""
+        columns = self.call_series("query", {"query": promql, "time": _fmt(at)})
+        if not (columns.counts == 1).all():
+            counts = sorted(set(columns.counts.tolist()))
+            raise PrometheusQueryError(
+                f"{self.url} answered {promql!r} with series of {counts} points; an instant "
+                "vector (one point per series) was expected"
+            )
+        times, values = columns.times.tolist(), columns.values.tolist()
+        return [
+            Sample(labels, [(t, v)])
+            for labels, t, v in zip(columns.labels, times, values, strict=True)
+        ]
 
     # ---------------------------------------------------------------- transport
     def _post(self, endpoint: str, params: dict[str, str]) -> requests.Response:
@@ -246,11 +281,12 @@ class SeriesColumns:
     values: np.ndarray  # per point
 
 
-# The shape of a vector or matrix answer, for msgspec's typed decoder.
+# The shape of a vector or matrix answer, for msgspec's typed decoder. The points stay
+# JSON text (see call_series).
 class _Series(msgspec.Struct):
     metric: dict[str, str] = {}
-    values: list[tuple[float, str]] = []
-    value: tuple[float, str] | None = None
+    values: msgspec.Raw = msgspec.Raw(b"[]")
+    value: msgspec.Raw = msgspec.Raw(b"")
 
 
 class _Data(msgspec.Struct):
@@ -268,6 +304,7 @@ class _Payload(msgspec.Struct):
 
 
 _SERIES_DECODER = msgspec.json.Decoder(_Payload)
+_POINT_PUNCTUATION = bytes.maketrans(b'[],"', b"    ")
 
 
 def _reason(error: Exception) -> str:

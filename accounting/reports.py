@@ -26,6 +26,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from accounting.chargeback import TeamRule, load_period, parse_month, summarise
@@ -192,8 +193,19 @@ def focus_frame(frame: pd.DataFrame, cluster: str = "gpuledger") -> pd.DataFrame
             strict=True,
         )
     ]
+    # json.dumps({"gpu_model": m, "job": j, "namespace": ns, "team": t}, sort_keys=True),
+    # each distinct value encoded once.
+    encoded: dict[Any, str] = {}
+
+    def value(v: Any) -> str:
+        text = encoded.get(v)
+        if text is None:
+            text = encoded[v] = json.dumps(v)
+        return text
+
     tags = [
-        json.dumps({"gpu_model": m, "job": j, "namespace": ns, "team": t}, sort_keys=True)
+        f'{{"gpu_model": {value(m)}, "job": {value(j)}, "namespace": {value(ns)}, '
+        f'"team": {value(t)}}}'
         for t, ns, j, m in zip(
             frame["team"].tolist(),
             frame["namespace"].tolist(),
@@ -314,8 +326,55 @@ def write_report(report: Report, out_dir: str | Path) -> list[Path]:
 
 
 def write_csv(frame: pd.DataFrame, path: Path) -> None:
-    # Decimal columns print as written (12.30); floats without binary noise.
-    frame.to_csv(path, index=False, float_format="%.6f")
+    """The frame as `frame.to_csv(path, index=False, float_format="%.6f")` writes it,
+    byte for byte: Decimal columns as written (12.30), floats without binary noise,
+    missing values empty, fields quoted as the csv module quotes them.
+
+    Made a column at a time: pandas's writer spends seconds on a month's FOCUS file
+    (100,000 rows of 50 columns), most of it on each value in Python.
+    """
+    header = [_csv_field(str(name)) for name in frame.columns]
+    lone = frame.shape[1] == 1  # the csv module quotes a row's only field when empty
+    with open(path, "w", encoding="utf-8", newline="") as out:
+        out.write(",".join([text or '""' for text in header] if lone else header) + "\n")
+        # 20,000 rows at a time: a month's FOCUS file is five million fields.
+        for first in range(0, len(frame), 20_000):
+            part = frame.iloc[first : first + 20_000]
+            columns = [_csv_texts(part.iloc[:, i]) for i in range(part.shape[1])]
+            if lone:
+                columns = [[text or '""' for text in columns[0]]]
+            out.writelines(f"{','.join(row)}\n" for row in zip(*columns, strict=True))
+
+
+def _csv_texts(values: pd.Series) -> list[str]:
+    """A column's CSV fields, as pandas and the csv module write them."""
+    if values.dtype.kind == "f":
+        return _fixed_decimals(values).tolist()
+    texts = list(map(str, values.tolist()))
+    for i in np.flatnonzero(values.isna().to_numpy()).tolist():
+        texts[i] = ""
+    joined = "".join(texts)
+    if any(special in joined for special in _CSV_SPECIAL):
+        return [_csv_field(text) for text in texts]
+    return texts
+
+
+# Fields holding these are quoted (QUOTE_MINIMAL, with "\n" ending lines).
+_CSV_SPECIAL = (",", '"', "\n")
+
+
+def _csv_field(text: str) -> str:
+    if any(special in text for special in _CSV_SPECIAL):
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+def _fixed_decimals(values: pd.Series) -> np.ndarray:
+    """Floats as `%.6f` text (what to_csv's float_format writes), NaN as ""."""
+    floats = values.to_numpy(dtype=np.float64, na_value=np.nan)
+    text = np.array([f"{v:.6f}" for v in floats.tolist()], dtype=object)
+    text[np.isnan(floats)] = ""
+    return text
 
 
 def write_parquet(frame: pd.DataFrame, path: Path) -> None:

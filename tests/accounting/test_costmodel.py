@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import decimal
+import math
 from decimal import Decimal
 
 import hypothesis.strategies as st
@@ -10,12 +12,26 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from accounting import ledger as ledger_tables
-from accounting.chargeback import DIMENSIONS, MONEY, chargeback, chargeback_from_frames
+from accounting.chargeback import (
+    DIMENSIONS,
+    MONEY,
+    chargeback,
+    chargeback_from_frames,
+    prepare,
+    summarise,
+)
+from accounting.chargeback import _report_order as report_order
 from accounting.costmodel import (
+    CATEGORIES,
     IDLE,
+    IDLE_MODES,
+    MJ_PER_KWH,
+    MS_PER_HOUR,
+    PRECISION,
     UNATTRIBUTED,
     WORKLOAD,
     largest_remainder,
+    price_records,
     split_cells,
     split_cells_in_ledger,
 )
@@ -270,3 +286,223 @@ def test_the_ledger_splits_cells_in_its_database_as_the_frames_do(ledger, cluste
     assert from_ledger["memory_gb_hours"].tolist() == pytest.approx(
         from_frames["memory_gb_hours"].tolist()
     )
+
+
+# ---------------------------------------------------------------- the fast paths
+# largest_remainder, price_records and summarise work a column at a time (numpy, float
+# approximations sorted first); these references are the plain Decimal loops they
+# replaced, and the results must be the same to the last digit of every Decimal.
+def reference_largest_remainder(amounts, names=None, total=None):
+    with decimal.localcontext(PRECISION):
+        target = (sum(amounts, Decimal(0)) if total is None else total).quantize(
+            Decimal("0.01"), rounding=decimal.ROUND_HALF_EVEN
+        )
+        floors = [a.quantize(Decimal("0.01"), rounding=decimal.ROUND_FLOOR) for a in amounts]
+        missing = int(((target - sum(floors, Decimal(0))) / Decimal("0.01")).to_integral_value())
+        if missing < 0 or missing > len(amounts):
+            raise ArithmeticError("cannot round")
+        names = names if names is not None else [str(i).zfill(12) for i in range(len(amounts))]
+        gaps = [f - a for a, f in zip(amounts, floors, strict=True)]
+        order = sorted(zip(gaps, names, range(len(amounts)), strict=True))
+        for _, _, i in order[:missing]:
+            floors[i] += Decimal("0.01")
+    return floors
+
+
+# Amounts that tie, sit a hair apart beyond a float's precision, are negative, zero
+# (and -0), or carry 50 digits as the cost model's quotients do.
+amounts_strategy = st.one_of(
+    st.sampled_from([Decimal(v) for v in ("0", "-0", "0.005", "-0.005", "1.125", "0E-40")]),
+    st.decimals(min_value=-100, max_value=100, places=3),
+    st.integers(-(10**12), 10**12).map(lambda n: Decimal(n).scaleb(-10)),
+    st.integers(1, 10**9).map(lambda n: Decimal(n) * Decimal("2.5") / Decimal(3_600_000)),
+    st.integers(0, 10**6).map(lambda n: Decimal(1) / 3 + Decimal(n).scaleb(-45)),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    amounts=st.lists(amounts_strategy, min_size=1, max_size=12),
+    offset=st.none() | st.integers(-3, 3),
+    data=st.data(),
+)
+def test_largest_remainder_equals_the_decimal_sort_on_ties_negatives_and_zeros(
+    amounts, offset, data
+):
+    size = len(amounts)
+    names = data.draw(st.none() | st.lists(st.sampled_from("ab"), min_size=size, max_size=size))
+    total = None if offset is None else sum(amounts, Decimal(0)) + Decimal(offset) / 100
+
+    def outcome(function):
+        try:
+            return [repr(v) for v in function(amounts, names, total)]
+        except (ArithmeticError, ValueError) as error:
+            return type(error).__name__
+
+    assert outcome(largest_remainder) == outcome(reference_largest_remainder)
+
+
+def reference_price_records(grouped, rates, price_book, idle):
+    frame = grouped.copy()
+    with decimal.localcontext(PRECISION):
+        kwh = {m: price_book.price(m).price_per_kwh for m in frame["model"].unique()}
+        rate = [rates[i] for i in frame["rate_id"].tolist()]
+        held = [
+            Decimal(v) * r / MS_PER_HOUR
+            for v, r in zip(frame["held_ms"].tolist(), rate, strict=True)
+        ]
+        busy = [
+            Decimal(v) * r / MS_PER_HOUR
+            for v, r in zip(frame["busy_ms"].tolist(), rate, strict=True)
+        ]
+        models = frame["model"].tolist()
+        energy = [
+            Decimal(v) * kwh[m] / MJ_PER_KWH
+            for v, m in zip(frame["energy_mj"].tolist(), models, strict=True)
+        ]
+        rows = list(zip(frame["category"].tolist(), models, held, busy, energy, strict=True))
+        zero = Decimal(0)
+        pool, idle_cost, held_by_workloads, busy_total = {}, {}, {}, {}
+        for c, m, h, b, e in rows:
+            pool[m] = pool.get(m, zero) + h + e
+            if c == IDLE:
+                idle_cost[m] = idle_cost.get(m, zero) + h + e
+            else:
+                busy_total[m] = busy_total.get(m, zero) + b
+                if c == WORKLOAD:
+                    held_by_workloads[m] = held_by_workloads.get(m, zero) + h
+        factor = {
+            m: idle_cost.get(m, zero) / held_by_workloads[m]
+            for m in pool
+            if held_by_workloads.get(m, zero) > 0
+        }
+        columns = {"cost_allocation": [], "cost_usage": [], "idle_cost_in_allocation": []}
+        columns["unallocated_share"] = []
+        for c, m, h, b, e in rows:
+            share = h * factor[m] if c == WORKLOAD and m in factor else zero
+            own = h + e
+            if c == IDLE:
+                own = zero if (idle == "share" and m in factor) else own
+            elif idle == "share":
+                own += share
+            columns["cost_allocation"].append(own)
+            columns["unallocated_share"].append(share)
+            if busy_total.get(m, zero) > 0:
+                usage = zero if c == IDLE else pool[m] * b / busy_total[m]
+            else:
+                usage = h + e
+            columns["cost_usage"].append(usage)
+            columns["idle_cost_in_allocation"].append(max(zero, h - b) if c == WORKLOAD else zero)
+    frame["held_cost"], frame["busy_cost"], frame["energy_cost"] = held, busy, energy
+    for name, values in columns.items():
+        frame[name] = values
+    return frame
+
+
+@st.composite
+def priced_groups(draw) -> tuple[pd.DataFrame, list[Decimal]]:
+    """Records summed per group, as summarise hands them to price_records; rates with
+    overhead spread over 3 and 7 GPUs (quotients of 50 digits)."""
+    book = draw(price_books())
+    rates = [book.price(m).rate(g) for m in MODELS for g in (0, 3, 7, 8)]
+    count = draw(st.integers(0, 12))
+    ms = st.sampled_from([0, MS, 7 * MS]) | st.integers(0, 10 * MS)
+    frame = pd.DataFrame(
+        {
+            "category": draw(st.lists(st.sampled_from(CATEGORIES), min_size=count, max_size=count)),
+            "team": draw(st.lists(st.sampled_from("xy"), min_size=count, max_size=count)),
+            "model": draw(st.lists(st.sampled_from(MODELS), min_size=count, max_size=count)),
+            "rate_id": draw(
+                st.lists(st.integers(0, len(rates) - 1), min_size=count, max_size=count)
+            ),
+            "held_ms": draw(st.lists(ms, min_size=count, max_size=count)),
+            "busy_ms": draw(st.lists(ms, min_size=count, max_size=count)),
+            "memory_byte_seconds": [0.0] * count,
+            "energy_mj": draw(st.lists(st.integers(0, 10**10), min_size=count, max_size=count)),
+        }
+    ).astype({"rate_id": "int64", "held_ms": "int64", "busy_ms": "int64", "energy_mj": "int64"})
+    return frame, rates, book
+
+
+@settings(max_examples=150, deadline=None)
+@given(groups=priced_groups(), idle=st.sampled_from(IDLE_MODES))
+def test_price_records_equals_the_row_by_row_decimal_loop(groups, idle):
+    frame, rates, book = groups
+    got = price_records(frame, rates, book, idle)
+    expected = reference_price_records(frame, rates, book, idle)
+    assert list(got.columns) == list(expected.columns)
+    for column in expected.columns:
+        assert [repr(v) for v in got[column]] == [repr(v) for v in expected[column]], column
+
+
+def reference_summarise(prepared, by, idle) -> pd.DataFrame:
+    """summarise as a loop over the priced rows, sorted pair by pair."""
+    keys = ["category", *by]
+    price_keys = keys + [d for d in ("model", "rate_id") if d not in by]
+    sums = ["held_ms", "busy_ms", "memory_byte_seconds", "energy_mj"]
+    records = prepared.records.groupby(price_keys, sort=False, observed=True)[sums].sum()
+    priced = reference_price_records(
+        records.reset_index(), prepared.rates, prepared.price_book, idle
+    )
+    rows: dict[tuple, dict] = {}
+    with decimal.localcontext(PRECISION):
+        for record in priced.to_dict("records"):
+            key = tuple(record[k] for k in keys)
+            row = rows.setdefault(key, dict.fromkeys(sums, 0) | dict.fromkeys(MONEY, Decimal(0)))
+            for column in (*sums, *MONEY):
+                row[column] += record[column]
+        total = sum(priced["held_cost"], Decimal(0)) + sum(priced["energy_cost"], Decimal(0))
+    ordered = sorted(
+        rows.items(),
+        key=lambda kv: (
+            CATEGORIES.index(kv[0][0]),
+            -kv[1]["cost_allocation"],
+            tuple(map(str, kv[0][1:])),
+        ),
+    )
+    names = ["\x1f".join(map(str, key)) for key, _ in ordered]
+    out = pd.DataFrame([key for key, _ in ordered], columns=keys, dtype=object)
+    stats = [row for _, row in ordered]
+    out["gpu_hours_held"] = [r["held_ms"] / 3.6e6 for r in stats]
+    out["gpu_hours_busy"] = [r["busy_ms"] / 3.6e6 for r in stats]
+    out["efficiency"] = [r["busy_ms"] / r["held_ms"] if r["held_ms"] else math.nan for r in stats]
+    out["memory_gb_hours"] = [r["memory_byte_seconds"] / 1e9 / 3600 for r in stats]
+    out["energy_kwh"] = [r["energy_mj"] / 3.6e9 for r in stats]
+    for column in MONEY:
+        target = total if column in ("cost_allocation", "cost_usage") else None
+        out[column] = reference_largest_remainder([r[column] for r in stats], names, target)
+    return out
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    cluster=clusters(),
+    book=price_books(),
+    by=st.lists(st.sampled_from(DIMENSIONS), max_size=3, unique=True),
+    idle=st.sampled_from(IDLE_MODES),
+)
+def test_summarise_equals_the_row_by_row_decimal_loop(cluster, book, by, idle):
+    usage, capacity = cluster
+    prepared = prepare(
+        usage, capacity, EMPTY_PODS, EMPTY_NAMESPACES, EMPTY_NODES, 0, 10 * HOUR, price_book=book
+    )
+    got, expected = summarise(prepared, by, idle), reference_summarise(prepared, by, idle)
+    assert list(got.columns) == list(expected.columns)
+    for column in expected.columns:
+        assert [repr(v) for v in got[column]] == [repr(v) for v in expected[column]], column
+
+
+def test_report_order_sorts_costs_exactly_where_their_floats_tie():
+    third = Decimal(1) / 3
+    # Costs equal as floats but not as Decimals (1e-20 apart), equal costs, and each
+    # category; the texts alone would order the workloads 2, 4, 0, 1.
+    costs = [third, third + Decimal("1e-20"), third, Decimal(2), third - Decimal("1e-20"), third]
+    keys = [
+        [WORKLOAD, WORKLOAD, WORKLOAD, IDLE, WORKLOAD, UNATTRIBUTED],
+        ["b", "c", "a", "x", "a", "y"],
+    ]
+    expected = sorted(
+        range(len(costs)),
+        key=lambda i: (CATEGORIES.index(keys[0][i]), -costs[i], (str(keys[1][i]),)),
+    )
+    assert report_order(keys, costs) == expected == [1, 2, 0, 4, 5, 3]

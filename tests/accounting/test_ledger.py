@@ -125,6 +125,38 @@ def test_metadata_keeps_the_best_owner_chain_and_the_newest_labels(ledger):
     assert ledger.nodes_frame()["node"].tolist() == ["n1"]
 
 
+def test_metadata_of_thousands_of_pods_merges_as_merge_pod_rows_does(ledger):
+    # More pods than one lookup batch, seen twice (the second time with new labels and
+    # some pods new), and a pod the first observation lacks labels for.
+    def seen(at: int, names: range, team: str) -> list[PodMetadata]:
+        return [
+            PodMetadata(
+                namespace="ml",
+                pod=f"w-{i}",
+                first_seen=at - HOUR,
+                last_seen=at,
+                observed_at=at,
+                labels={"team": team} if i % 7 else {},
+                uid=f"u{i}",
+            )
+            for i in names
+        ]
+
+    first, second = seen(H0, range(2500), "a"), seen(H0 + HOUR, range(2400, 2600), "b")
+    ledger.merge_metadata(first)
+    ledger.merge_metadata(second)
+    expected: dict[tuple[str, str], dict] = {}
+    for observation in (*first, *second):
+        row = observation.row()
+        key = (row["namespace"], row["pod"])
+        expected[key] = merge_pod_rows(expected.get(key), row)
+    got = ledger.table_rows("pods")
+    columns = list(first[0].row())
+    assert [dict(zip(columns, row, strict=True)) for row in got] == [
+        expected[key] for key in sorted(expected)
+    ]
+
+
 observations = st.builds(
     lambda at, labels, rank, queue: pod(
         at,
