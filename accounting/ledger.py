@@ -671,15 +671,21 @@ def _insert(conn: Connection, table: sa.Table, rows: Sequence[Sequence[Any]]) ->
     if conn.dialect.name == "sqlite":
         # Straight to the driver: SQLAlchemy's per-row parameter handling costs more
         # than SQLite's insert itself.
-        quote = conn.dialect.identifier_preparer.quote
         conn.exec_driver_sql(
-            f"INSERT INTO {quote(table.name)} ({', '.join(map(quote, columns))}) "
-            f"VALUES ({', '.join('?' * len(columns))})",
-            rows if isinstance(rows, list) else list(rows),
+            _sqlite_insert(conn, table, columns), rows if isinstance(rows, list) else list(rows)
         )
         return
     # PostgreSQL: SQLAlchemy batches these into multi-row INSERTs.
     conn.execute(table.insert(), [dict(zip(columns, row, strict=True)) for row in rows])
+
+
+def _sqlite_insert(conn: Connection, table: sa.Table, columns: Sequence[str]) -> str:
+    """INSERT INTO table (columns) VALUES (?, ...), for the sqlite3 driver."""
+    quote = conn.dialect.identifier_preparer.quote
+    return (
+        f"INSERT INTO {quote(table.name)} ({', '.join(map(quote, columns))}) "
+        f"VALUES ({', '.join('?' * len(columns))})"
+    )
 
 
 def _upsert(
@@ -695,8 +701,7 @@ def _upsert(
         columns = [c.name for c in table.columns]
         updates = ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in columns if c not in key)
         conn.exec_driver_sql(
-            f"INSERT INTO {quote(table.name)} ({', '.join(map(quote, columns))}) "
-            f"VALUES ({', '.join('?' * len(columns))}) "
+            f"{_sqlite_insert(conn, table, columns)} "
             f"ON CONFLICT ({', '.join(map(quote, key))}) DO UPDATE SET {updates}",
             [tuple(row[c] for c in columns) for row in rows],
         )

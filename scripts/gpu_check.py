@@ -48,6 +48,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from loadgen.distributed import free_port  # noqa: E402
+
 NODE = "gpu-check-node"
 NAMESPACE, POD, CONTAINER = "gpu-check", "trainer-0", "trainer"
 MIB = 1024**2
@@ -72,6 +74,20 @@ log = logging.getLogger("gpu_check")
 
 
 # --------------------------------------------------------------------- workloads
+
+# Subprocesses import the project from this checkout (it need not be installed).
+ENV = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def loadgen_command(
+    profile: Path, device: str, timeline: Path, model: str, *extra: str
+) -> list[str]:
+    """`gpuledger loadgen` on a profile file, its timeline written, without the probe."""
+    return [
+        *(sys.executable, "-m", "gpuledger.cli", "loadgen", "--profile", str(profile)),
+        *("--device", device, "--timeline", str(timeline), "--no-probe", "--model", model),
+        *extra,
+    ]
 
 
 def loadgen_profile(folder: Path, scale: float) -> Path:
@@ -257,15 +273,16 @@ class Node:
             self._fake_pids[pid] = timeline
 
     def _drive_fake(self) -> None:
-        """Each workload keeps the fake GPU 40 % busy, except in its idle phase."""
+        """The fake GPU is 90 % busy while any workload trains (shared evenly between
+        those that do, as time-slicing would), and idle otherwise."""
         while not self._stop.wait(0.25):
             self.nvml.advance(0.25)
-            total = 0
-            for pid, timeline in list(self._fake_pids.items()):
-                sm = 0 if _current_phase_kind(timeline) in ("idle", None) else 40
+            timelines = list(self._fake_pids.items())
+            busy = [pid for pid, t in timelines if _current_phase_kind(t) not in ("idle", None)]
+            for pid, _ in timelines:
+                sm = 90 // len(busy) if pid in busy else 0
                 self.nvml.add_process_sample(0, pid, sm=sm, mem=20)
-                total += sm
-            self.nvml.gpus[0].utilization_gpu = min(total, 100)
+            self.nvml.gpus[0].utilization_gpu = 90 if busy else 0
 
     def scrape(self) -> str:
         with urllib.request.urlopen(self.exporter.url + "/metrics", timeout=10) as answer:
@@ -487,7 +504,6 @@ def run_shared(args: argparse.Namespace, out: Path, checks: Checks) -> dict[str,
         ],
     }
     scrapes: dict[str, str] = {}
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as folder:
         work = Path(folder)
         node = Node(work, args.fake, SHARED)
@@ -496,15 +512,13 @@ def run_shared(args: argparse.Namespace, out: Path, checks: Checks) -> dict[str,
             profile = work / f"{tenant}.yaml"
             profile.write_text(json.dumps({"name": f"tenant-{tenant}", "phases": phases}))
             timeline = out / f"timeline_{tenant}.jsonl"
-            command = [
-                *(sys.executable, "-m", "gpuledger.cli", "loadgen", "--profile", str(profile)),
-                *("--device", device, "--timeline", str(timeline), "--progress", "off"),
-                *("--no-probe", "--model", model, "--job", f"tenant-{tenant}"),
-            ]
+            command = loadgen_command(
+                profile, device, timeline, model, "--progress", "off", "--job", f"tenant-{tenant}"
+            )
             process = subprocess.Popen(
                 command,
                 cwd=ROOT,
-                env=env,
+                env=ENV,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
                 text=True,
@@ -607,10 +621,7 @@ def run(args: argparse.Namespace) -> int:
     checks = Checks()
     if args.scenario == "shared":
         trace = run_shared(args, out, checks)
-        summary = {"checks": checks.rows, "calls_recorded": len(trace["calls"]), "fake": args.fake}
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
-        print(checks.table())
-        return 0 if all(r["ok"] is not False for r in checks.rows) else 1
+        return finish(out, checks, calls_recorded=len(trace["calls"]), fake=args.fake)
     exporter_cli(checks, "simulated" if args.fake else "nvml")
     scrapes: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as folder:
@@ -618,28 +629,12 @@ def run(args: argparse.Namespace) -> int:
         timeline_path = out / "timeline.jsonl"
         node = Node(work, args.fake)
         profile = loadgen_profile(work, args.scale)
-        command = [
-            sys.executable,
-            "-m",
-            "gpuledger.cli",
-            "loadgen",
-            "--profile",
-            str(profile),
-            "--device",
-            device,
-            "--timeline",
-            str(timeline_path),
-            "--progress",
-            "plain",
-            "--no-probe",
-            "--model",
-            "tiny" if args.fake else args.model,
-        ]
-        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        model = "tiny" if args.fake else args.model
+        command = loadgen_command(profile, device, timeline_path, model, "--progress", "plain")
         log.info("loadgen: %s", " ".join(command))
         started = time.monotonic()
         loadgen = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            command, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
         node.adopt(loadgen.pid, timeline_path)
         output: list[str] = []
@@ -674,10 +669,10 @@ def run(args: argparse.Namespace) -> int:
                 "--device",
                 device,
                 "--port",
-                str(_free_port()),
+                str(free_port()),
             ],
             cwd=ROOT,
-            env=env,
+            env=ENV,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -692,7 +687,7 @@ def run(args: argparse.Namespace) -> int:
         (out / "metrics_end.txt").write_text(scrapes["end"])
         trace = node.close()
         nvml_trace.save(trace, out / "nvml_trace.json.gz")
-        big = throughput(args, work, env, device) if args.big_model else None
+        big = throughput(args, work, device) if args.big_model else None
     timeline = [json.loads(line) for line in timeline_path.read_text().splitlines() if line]
     check_all(checks, node, scrapes, timeline, loadgen.pid, nccl, trace)
     if big is not None:
@@ -703,14 +698,20 @@ def run(args: argparse.Namespace) -> int:
             f"MFU {big.get('mfu')}, busy {big.get('busy_ratio')}, "
             f"step median {big.get('step_s_median')} s, memory {big.get('memory_bytes_max')} B",
         )
-    summary = {
-        "big_model": big,
-        "checks": checks.rows,
-        "nccl": nccl,
-        "calls_recorded": len(trace["calls"]),
-        "snapshots": len(trace["snapshots"]),
-        "fake": args.fake,
-    }
+    return finish(
+        out,
+        checks,
+        big_model=big,
+        nccl=nccl,
+        calls_recorded=len(trace["calls"]),
+        snapshots=len(trace["snapshots"]),
+        fake=args.fake,
+    )
+
+
+def finish(out: Path, checks: Checks, **facts: Any) -> int:
+    """summary.json, the table printed last; exit 1 if any check failed."""
+    summary = {"checks": checks.rows, **facts}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(checks.table())
     return 0 if all(r["ok"] is not False for r in checks.rows) else 1
@@ -718,7 +719,7 @@ def run(args: argparse.Namespace) -> int:
 
 def exporter_cli(checks: Checks, source: str) -> None:
     """`gpuledger exporter` as a user starts it: finds the GPU by itself, stops on SIGTERM."""
-    port = _free_port()
+    port = free_port()
     device = ["--simulated"] if source == "simulated" else ["--device", "auto"]
     command = [sys.executable, "-m", "gpuledger.cli", "exporter", *device]
     command += ["--listen", f"127.0.0.1:{port}", "--no-kubelet", "--no-pod-watch"]
@@ -748,20 +749,16 @@ def exporter_cli(checks: Checks, source: str) -> None:
     )
 
 
-def throughput(args: argparse.Namespace, work: Path, env: dict, device: str) -> dict | None:
+def throughput(args: argparse.Namespace, work: Path, device: str) -> dict | None:
     """A larger model's steady training, alone on the GPU: its phase_end record."""
     profile = work / "throughput.yaml"
     phases = [{"name": "steady", "kind": "steady", "duration_s": 40 * args.scale}]
     profile.write_text(json.dumps({"name": "throughput", "description": "MFU", "phases": phases}))
     timeline = work / "throughput.jsonl"
     model = "tiny" if args.fake else args.big_model
-    command = [
-        *(sys.executable, "-m", "gpuledger.cli", "loadgen", "--profile", str(profile)),
-        *("--device", device, "--timeline", str(timeline), "--progress", "plain"),
-        *("--no-probe", "--model", model),
-    ]
+    command = loadgen_command(profile, device, timeline, model, "--progress", "plain")
     done = subprocess.run(
-        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400, check=False
+        command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=400, check=False
     )
     log.info("%s exited %s:\n%s", model, done.returncode, (done.stdout + done.stderr)[-3000:])
     records = [json.loads(line) for line in timeline.read_text().splitlines() if line]
@@ -795,14 +792,6 @@ def _current_phase_kind(path: Path) -> str | None:
         elif record.get("type") == "phase_end":
             kind = None
     return kind
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def main(argv: list[str] | None = None) -> int:
